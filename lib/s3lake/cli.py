@@ -1,0 +1,38 @@
+"""What every job entry point shares: the argument parser style and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from s3lake.errors import S3LakeError
+
+log = logging.getLogger("s3lake")
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("botocore", "boto3", "urllib3", "py4j"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Call ``main``; a contract violation becomes one line on stderr and exit status 2."""
+    setup_logging()
+    try:
+        return main(argv)
+    except S3LakeError as exc:
+        print(f"s3lake: error: {exc}", file=sys.stderr)
+        return 2

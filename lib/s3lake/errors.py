@@ -1,0 +1,19 @@
+"""Named exceptions: every contract violation s3lake reports is one of these."""
+
+from __future__ import annotations
+
+
+class S3LakeError(Exception):
+    """Base class: a job prints ``s3lake: error: <message>`` and exits 2 for these."""
+
+
+class InventoryError(S3LakeError):
+    """The S3 Inventory report cannot be resolved or read (table, manifest, data file)."""
+
+
+class ConfigError(S3LakeError):
+    """A command-line option, rules file or schema is invalid."""
+
+
+class ResultsPathError(S3LakeError):
+    """The results location cannot be written."""

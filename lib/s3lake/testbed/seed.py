@@ -1,0 +1,78 @@
+"""Helpers that create AWS resources in the local endpoint and snapshot object state."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from s3lake import aws
+
+
+def make_bucket(name: str, *, versioned: bool = False, ownership: str | None = None) -> str:
+    """Create ``name``; ``ownership`` is an ObjectOwnership value such as ``BucketOwnerEnforced``."""
+    s3 = aws.s3()
+    kwargs: dict[str, Any] = {"Bucket": name}
+    if ownership:
+        kwargs["ObjectOwnership"] = ownership
+    s3.create_bucket(**kwargs)
+    if versioned:
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
+
+
+def make_kms_key(description: str = "s3lake test key") -> str:
+    """A new symmetric KMS key; returns its ARN."""
+    return aws.client("kms").create_key(Description=description)["KeyMetadata"]["Arn"]
+
+
+def make_glue_database(name: str) -> str:
+    glue = aws.glue()
+    try:
+        glue.create_database(DatabaseInput={"Name": name})
+    except glue.exceptions.AlreadyExistsException:
+        pass
+    return name
+
+
+def object_state(bucket: str, key: str, *, with_acl: bool = True) -> dict[str, Any]:
+    """Everything a user can observe about an object: HEAD fields, ACL, tags, bytes, version count."""
+    s3 = aws.s3()
+    head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    tags = s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
+    state: dict[str, Any] = {
+        "content_type": head.get("ContentType"),
+        "cache_control": head.get("CacheControl"),
+        "content_disposition": head.get("ContentDisposition"),
+        "content_encoding": head.get("ContentEncoding"),
+        "content_language": head.get("ContentLanguage"),
+        "expires": head.get("ExpiresString") or (str(head["Expires"]) if head.get("Expires") else None),
+        "website_redirect_location": head.get("WebsiteRedirectLocation"),
+        "metadata": dict(head.get("Metadata", {})),
+        "storage_class": head.get("StorageClass", "STANDARD"),
+        "sse": head.get("ServerSideEncryption"),
+        "kms_key": head.get("SSEKMSKeyId"),
+        "bucket_key": head.get("BucketKeyEnabled"),
+        "object_lock_mode": head.get("ObjectLockMode"),
+        "object_lock_retain_until": head.get("ObjectLockRetainUntilDate"),
+        "legal_hold": head.get("ObjectLockLegalHoldStatus"),
+        "tags": sorted((t["Key"], t["Value"]) for t in tags),
+        "size": head["ContentLength"],
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "versions": count_versions(bucket, key),
+    }
+    if with_acl:
+        acl = s3.get_object_acl(Bucket=bucket, Key=key)
+        state["owner"] = acl["Owner"].get("ID")
+        state["grants"] = sorted(json.dumps(g, sort_keys=True) for g in acl["Grants"])
+    return state
+
+
+def count_versions(bucket: str, key: str) -> int:
+    s3 = aws.s3()
+    n = 0
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key):
+        n += sum(1 for v in page.get("Versions", []) if v["Key"] == key)
+        n += sum(1 for v in page.get("DeleteMarkers", []) if v["Key"] == key)
+    return n
