@@ -4,6 +4,7 @@ from setuptools import find_packages, setup
 RUNTIME = [
     "boto3>=1.34",
     "pyarrow>=14",
+    "pandas>=1.5",  # pyspark needs it for mapInArrow/Arrow UDFs
 ]
 
 setup(

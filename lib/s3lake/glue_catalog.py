@@ -1,0 +1,172 @@
+"""Register Parquet tables and partitions in the Glue Data Catalog through the Glue API (never MSCK).
+
+Tables are EXTERNAL Parquet tables (ParquetHiveSerDe) that Athena queries as registered; partitions
+are added with BatchCreatePartition (100 a call) and the ones that already exist are updated with
+UpdatePartition, so registering the same partitions twice is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Sequence
+
+from pyspark.sql import types as T
+
+from s3lake import aws
+from s3lake.errors import ConfigError
+
+log = logging.getLogger("s3lake.glue_catalog")
+
+PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+PARQUET_INPUT_FORMAT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
+PARQUET_OUTPUT_FORMAT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
+BATCH_CREATE_MAX = 100
+
+
+def split_table_name(name: str) -> tuple[str, str]:
+    """``"db.table"`` -> ("db", "table")."""
+    db, dot, table = name.partition(".")
+    if not dot or not db or not table or "." in table:
+        raise ConfigError(f"table name must be DB.TABLE, got {name!r}")
+    return db, table
+
+
+def hive_type(dt: T.DataType) -> str:
+    """The Hive/Athena type string of a Spark type (``struct<a:bigint,b:array<string>>``)."""
+    if isinstance(dt, T.StructType):
+        return "struct<" + ",".join(f"{f.name}:{hive_type(f.dataType)}" for f in dt.fields) + ">"
+    if isinstance(dt, T.ArrayType):
+        return f"array<{hive_type(dt.elementType)}>"
+    if isinstance(dt, T.MapType):
+        return f"map<{hive_type(dt.keyType)},{hive_type(dt.valueType)}>"
+    if isinstance(dt, T.DecimalType):
+        return f"decimal({dt.precision},{dt.scale})"
+    simple = {
+        T.StringType: "string",
+        T.LongType: "bigint",
+        T.IntegerType: "int",
+        T.ShortType: "smallint",
+        T.ByteType: "tinyint",
+        T.DoubleType: "double",
+        T.FloatType: "float",
+        T.BooleanType: "boolean",
+        T.TimestampType: "timestamp",
+        T.DateType: "date",
+        T.BinaryType: "binary",
+    }
+    for cls, name in simple.items():
+        if isinstance(dt, cls):
+            return name
+    raise ConfigError(f"no Glue/Hive type for Spark type {dt.simpleString()}")
+
+
+def columns(schema: T.StructType) -> list[dict[str, str]]:
+    return [{"Name": f.name, "Type": hive_type(f.dataType)} for f in schema.fields]
+
+
+def storage_descriptor(location: str, cols: list[dict[str, str]]) -> dict[str, Any]:
+    return {
+        "Columns": cols,
+        "Location": location,
+        "InputFormat": PARQUET_INPUT_FORMAT,
+        "OutputFormat": PARQUET_OUTPUT_FORMAT,
+        "Compressed": True,
+        "SerdeInfo": {"SerializationLibrary": PARQUET_SERDE, "Parameters": {"serialization.format": "1"}},
+        "StoredAsSubDirectories": False,
+    }
+
+
+def get_table(name: str) -> dict[str, Any] | None:
+    db, table = split_table_name(name)
+    glue = aws.glue()
+    try:
+        return glue.get_table(DatabaseName=db, Name=table)["Table"]
+    except glue.exceptions.EntityNotFoundException:
+        return None
+
+
+def ensure_table(name: str, location: str, schema: T.StructType, partition_keys: Sequence[str]) -> bool:
+    """Create the table if absent; True when created. An existing table must have the same partition keys."""
+    db, table = split_table_name(name)
+    existing = get_table(name)
+    if existing is not None:
+        have = [k["Name"] for k in existing.get("PartitionKeys", [])]
+        if have != list(partition_keys):
+            raise ConfigError(f"Glue table {name} is partitioned by {have}, not {list(partition_keys)}")
+        return False
+    glue = aws.glue()
+    glue.create_table(
+        DatabaseName=db,
+        TableInput={
+            "Name": table,
+            "TableType": "EXTERNAL_TABLE",
+            "Parameters": {"EXTERNAL": "TRUE", "classification": "parquet", "parquet.compression": "SNAPPY"},
+            "StorageDescriptor": storage_descriptor(location.rstrip("/") + "/", columns(schema)),
+            "PartitionKeys": [{"Name": k, "Type": "string"} for k in partition_keys],
+        },
+    )
+    log.info("created Glue table %s at %s", name, location)
+    return True
+
+
+def partition_location(location: str, keys: Sequence[str], values: Sequence[str]) -> str:
+    return location.rstrip("/") + "/" + "/".join(f"{k}={v}" for k, v in zip(keys, values)) + "/"
+
+
+def register_partitions(name: str, location: str, partitions: Iterable[Sequence[str]]) -> dict[str, int]:
+    """Add (BatchCreatePartition) or update (UpdatePartition) partitions; returns created/updated counts."""
+    db, table = split_table_name(name)
+    glue = aws.glue()
+    meta = get_table(name)
+    if meta is None:
+        raise ConfigError(f"Glue table {name} does not exist")
+    keys = [k["Name"] for k in meta.get("PartitionKeys", [])]
+    cols = meta["StorageDescriptor"]["Columns"]
+
+    def partition_input(values: Sequence[str]) -> dict[str, Any]:
+        return {
+            "Values": list(values),
+            "StorageDescriptor": storage_descriptor(partition_location(location, keys, values), cols),
+            "Parameters": {},
+        }
+
+    wanted = sorted({tuple(str(v) for v in p) for p in partitions})
+    created = updated = 0
+    for start in range(0, len(wanted), BATCH_CREATE_MAX):
+        chunk = wanted[start:start + BATCH_CREATE_MAX]
+        resp = glue.batch_create_partition(
+            DatabaseName=db, TableName=table, PartitionInputList=[partition_input(v) for v in chunk]
+        )
+        errors = resp.get("Errors", [])
+        created += len(chunk) - len(errors)
+        for err in errors:
+            values = err["PartitionValues"]
+            code = err.get("ErrorDetail", {}).get("ErrorCode", "")
+            if code != "AlreadyExistsException":
+                raise RuntimeError(f"BatchCreatePartition {values} failed: {err.get('ErrorDetail')}")
+            glue.update_partition(
+                DatabaseName=db, TableName=table, PartitionValueList=values, PartitionInput=partition_input(values)
+            )
+            updated += 1
+    log.info("Glue %s: %d partitions created, %d updated", name, created, updated)
+    return {"created": created, "updated": updated}
+
+
+def schema_from_table(name: str) -> T.StructType:
+    """The data columns (partition keys excluded) of a Glue table as a Spark schema."""
+    from pyspark.sql.types import _parse_datatype_string
+
+    meta = get_table(name)
+    if meta is None:
+        raise ConfigError(f"--schema-table {name}: no such Glue table")
+    cols = meta.get("StorageDescriptor", {}).get("Columns", [])
+    if not cols:
+        raise ConfigError(f"--schema-table {name}: the table has no columns")
+    ddl = ", ".join(f"`{c['Name']}` {c['Type']}" for c in cols)
+    try:
+        schema = _parse_datatype_string(ddl)
+    except Exception as exc:  # noqa: BLE001 - Spark raises several parse exception types
+        raise ConfigError(f"--schema-table {name}: cannot read its column types: {exc}") from exc
+    if not isinstance(schema, T.StructType):
+        schema = T.StructType([T.StructField(cols[0]["Name"], schema)])
+    return schema

@@ -1,0 +1,1031 @@
+"""A loopback HTTP proxy in front of the moto server: fixed latency, request counts, injected faults.
+
+Clients point ``AWS_ENDPOINT_URL`` (or ``endpoint_url=``) at :attr:`S3Proxy.url`; every request is
+forwarded byte for byte to ``upstream`` (path-style S3, JSON-protocol services such as Glue/KMS/SSM
+via ``X-Amz-Target``, query-protocol services via ``Action``). Request bodies framed by
+``Content-Length`` or ``Transfer-Encoding: chunked`` (including ``aws-chunked`` payloads) are forwarded
+with their framing intact; large bodies are streamed, not buffered. Standard library only.
+
+Used by
+
+* benchmarks: ``S3Proxy(upstream, latency=0.02)`` adds 20 ms to every request and counts requests by
+  operation name (``PutObject``, ``UploadPartCopy``, ``ListObjectsV2``, ``GetDatabases`` ...; see
+  :func:`s3_operation`). ``counts()`` is a snapshot, ``reset_counts()`` clears it, and
+  ``with proxy.window() as w: ...`` gives the requests made inside the block in ``w.counts``.
+* fault-injection tests: ``S3Proxy(upstream, faults=FaultPlan(seed=7, slowdown=0.05,
+  drop_after=0.02, operations=OBJECT_WRITES))``. For each request whose operation passes the plan's
+  filter, one ``random.Random(seed)`` draw picks at most one fault:
+
+  - ``slowdown``: 503 ``<Error><Code>SlowDown</Code>`` (``ThrottlingException`` for JSON services),
+  - ``internal_error``: 500 ``<Error><Code>InternalError</Code>``,
+  - ``drop_before``: the connection is closed without a response; nothing reaches upstream,
+  - ``drop_after``: the request is forwarded and applied upstream, the response is read and
+    discarded, then the client connection is closed (the lost-response case).
+
+  The same seed and the same sequence of eligible requests give the same faults;
+  :meth:`FaultPlan.preview` lists the first ``n`` decisions, :meth:`S3Proxy.fault_log` the ones made,
+  :meth:`S3Proxy.fault_counts` counts them by ``(kind, operation)``. ``configure(faults=...)``
+  installs a new plan (and restarts its random sequence) on a running proxy.
+
+* a separate process, so the proxy's GIL does not compete with Spark or the benchmark::
+
+      python -m s3lake.testbed.proxy --upstream URL [--port N] [--latency 0.02]
+          [--seed 7 --slowdown 0.05 --internal-error 0 --drop-before 0 --drop-after 0.01
+           --operations PutObject,UploadPart]
+
+  prints its URL on stdout and serves until killed. :class:`ProxyProcess` starts one on a free port
+  and has the same ``counts()/reset_counts()/fault_counts()/configure()/window()`` API, backed by the
+  proxy's own endpoints, which are never forwarded nor counted:
+  ``GET /__proxy__/counts`` (JSON), ``POST /__proxy__/reset``, ``POST /__proxy__/config`` (JSON body
+  ``{"latency": 0.02, "faults": {...FaultPlan fields...} | null}``), ``GET /__proxy__/health``.
+
+Example::
+
+    with MotoServer() as upstream, S3Proxy(upstream, latency=0.02) as url:
+        s3 = boto3.client("s3", endpoint_url=url)
+        ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import http.client
+import json
+import os
+import random
+import select
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterator, Mapping
+
+from s3lake.testbed.moto import free_port
+
+__all__ = [
+    "FAULT_KINDS",
+    "OBJECT_WRITES",
+    "CountWindow",
+    "FaultPlan",
+    "ProxyProcess",
+    "S3Proxy",
+    "s3_operation",
+]
+
+FAULT_KINDS = ("slowdown", "internal_error", "drop_before", "drop_after")
+
+#: Object-level writes: the usual ``FaultPlan.operations`` for "fail the writes, not the reads".
+OBJECT_WRITES = frozenset(
+    {
+        "PutObject",
+        "CopyObject",
+        "PutObjectAcl",
+        "PutObjectTagging",
+        "DeleteObjectTagging",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "UploadPartCopy",
+        "CompleteMultipartUpload",
+        "AbortMultipartUpload",
+        "DeleteObject",
+        "DeleteObjects",
+        "PutObjectRetention",
+        "PutObjectLegalHold",
+    }
+)
+
+CONTROL_PREFIX = "/__proxy__/"
+BUFFER_LIMIT = 1 << 20  # request bodies up to this size are read whole (and can be re-sent once)
+COPY_SIZE = 1 << 18
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+     "te", "trailer", "upgrade"}
+)
+
+# --------------------------------------------------------------------------------------------------
+# Operation names
+# --------------------------------------------------------------------------------------------------
+
+# Bucket subresource -> suffix used in Get/Put/Delete<Bucket...> names, in lookup order.
+_BUCKET_SUBRESOURCES = (
+    ("acl", "BucketAcl"),
+    ("tagging", "BucketTagging"),
+    ("versioning", "BucketVersioning"),
+    ("ownershipControls", "BucketOwnershipControls"),
+    ("policyStatus", "BucketPolicyStatus"),
+    ("policy", "BucketPolicy"),
+    ("lifecycle", "BucketLifecycleConfiguration"),
+    ("encryption", "BucketEncryption"),
+    ("cors", "BucketCors"),
+    ("notification", "BucketNotificationConfiguration"),
+    ("object-lock", "ObjectLockConfiguration"),
+    ("publicAccessBlock", "PublicAccessBlock"),
+    ("logging", "BucketLogging"),
+    ("website", "BucketWebsite"),
+    ("replication", "BucketReplication"),
+    ("accelerate", "BucketAccelerateConfiguration"),
+    ("requestPayment", "BucketRequestPayment"),
+    ("analytics", "BucketAnalyticsConfiguration"),
+    ("metrics", "BucketMetricsConfiguration"),
+    ("inventory", "BucketInventoryConfiguration"),
+    ("intelligent-tiering", "BucketIntelligentTieringConfiguration"),
+)
+_DELETE_NAMES = {"lifecycle": "DeleteBucketLifecycle"}
+
+_OBJECT_SUBRESOURCES = (
+    ("acl", "ObjectAcl"),
+    ("tagging", "ObjectTagging"),
+    ("retention", "ObjectRetention"),
+    ("legal-hold", "ObjectLegalHold"),
+)
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if headers is None:
+        return None
+    if isinstance(headers, Mapping) and not hasattr(headers, "get_all"):
+        lower = name.lower()
+        for key, value in headers.items():
+            if key.lower() == lower:
+                return value
+        return None
+    return headers.get(name)  # email.message.Message / HTTPMessage: case-insensitive
+
+
+def s3_operation(method: str, path: str, query: Any = None, headers: Any = None) -> str:
+    """The AWS operation name of a request (pure; path-style S3 addressing).
+
+    ``path`` is the request path (a query string after ``?`` is ignored; pass it as ``query``),
+    ``query`` a mapping whose keys are the query parameters (``parse_qs`` output or plain dict) or a raw
+    query string, ``headers`` a mapping or ``http.client.HTTPMessage`` (case-insensitive).
+    JSON-protocol requests give the operation in ``X-Amz-Target`` (``AWSGlue.GetTable`` -> ``GetTable``),
+    query-protocol requests in ``Action``. Unrecognised requests give ``"Unknown"``.
+    """
+    method = method.upper()
+    if isinstance(query, (str, bytes)):
+        query = urllib.parse.parse_qs(query if isinstance(query, str) else query.decode(),
+                                      keep_blank_values=True)
+    params = set(query or ())
+    target = _header(headers, "X-Amz-Target")
+    if target:
+        return target.rsplit(".", 1)[-1]
+    if "Action" in params and isinstance(query, Mapping):
+        action = query["Action"]
+        if isinstance(action, (list, tuple)):
+            action = action[0] if action else ""
+        if action:
+            return str(action)
+    path = path.split("?", 1)[0]
+    bucket, _, key = path.lstrip("/").partition("/")
+    if bucket == "moto-api":
+        return "MotoApi"
+    if not bucket:
+        return "ListBuckets" if method == "GET" else "Unknown"
+    copy = _header(headers, "x-amz-copy-source") is not None
+    if key:
+        return _object_operation(method, params, copy)
+    return _bucket_operation(method, params)
+
+
+def _object_operation(method: str, params: set, copy: bool) -> str:
+    if method == "HEAD":
+        return "HeadObject"
+    if method == "GET":
+        if "uploadId" in params:
+            return "ListParts"
+        for sub, name in _OBJECT_SUBRESOURCES:
+            if sub in params:
+                return "Get" + name
+        if "attributes" in params:
+            return "GetObjectAttributes"
+        if "torrent" in params:
+            return "GetObjectTorrent"
+        return "GetObject"
+    if method == "PUT":
+        if "uploadId" in params and "partNumber" in params:
+            return "UploadPartCopy" if copy else "UploadPart"
+        for sub, name in _OBJECT_SUBRESOURCES:
+            if sub in params:
+                return "Put" + name
+        return "CopyObject" if copy else "PutObject"
+    if method == "POST":
+        if "uploads" in params:
+            return "CreateMultipartUpload"
+        if "uploadId" in params:
+            return "CompleteMultipartUpload"
+        if "restore" in params:
+            return "RestoreObject"
+        if "select" in params:
+            return "SelectObjectContent"
+        return "Unknown"
+    if method == "DELETE":
+        if "uploadId" in params:
+            return "AbortMultipartUpload"
+        if "tagging" in params:
+            return "DeleteObjectTagging"
+        return "DeleteObject"
+    return "Unknown"
+
+
+def _bucket_operation(method: str, params: set) -> str:
+    if method == "HEAD":
+        return "HeadBucket"
+    if method == "POST":
+        if "delete" in params:
+            return "DeleteObjects"
+        return "PostObject"
+    if method == "GET":
+        if params.intersection(("list-type",)) and "versions" not in params:
+            return "ListObjectsV2"
+        if "versions" in params:
+            return "ListObjectVersions"
+        if "uploads" in params:
+            return "ListMultipartUploads"
+        if "location" in params:
+            return "GetBucketLocation"
+        for sub, name in _BUCKET_SUBRESOURCES:
+            if sub in params:
+                return "Get" + name
+        return "ListObjects"
+    if method == "PUT":
+        for sub, name in _BUCKET_SUBRESOURCES:
+            if sub in params and sub != "policyStatus":
+                return "Put" + name
+        return "CreateBucket"
+    if method == "DELETE":
+        for sub, name in _BUCKET_SUBRESOURCES:
+            if sub in params and sub != "policyStatus":
+                return _DELETE_NAMES.get(sub, "Delete" + name)
+        return "DeleteBucket"
+    return "Unknown"
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FaultPlan:
+    """What share of requests to fault, and how. Rates are probabilities per eligible request.
+
+    A request is eligible if its operation is in ``operations`` (``None``: every operation) and
+    ``predicate(operation)`` is true (``None``: always; not available for :class:`ProxyProcess`).
+    Each eligible request consumes exactly one ``random.Random(seed)`` draw, so the sequence of
+    decisions depends only on the seed and the order of eligible requests.
+    """
+
+    seed: int = 0
+    slowdown: float = 0.0
+    internal_error: float = 0.0
+    drop_before: float = 0.0
+    drop_after: float = 0.0
+    operations: frozenset | None = None
+    predicate: Callable[[str], bool] | None = None
+
+    def __post_init__(self) -> None:
+        rates = [self.slowdown, self.internal_error, self.drop_before, self.drop_after]
+        if any(r < 0 for r in rates) or sum(rates) > 1 + 1e-9:
+            raise ValueError(f"fault rates must be >= 0 and sum to at most 1: {rates}")
+        if self.operations is not None and not isinstance(self.operations, frozenset):
+            self.operations = frozenset(self.operations)
+
+    def applies_to(self, operation: str) -> bool:
+        if self.operations is not None and operation not in self.operations:
+            return False
+        return self.predicate is None or bool(self.predicate(operation))
+
+    def decide(self, rng: random.Random) -> str | None:
+        """One draw: a kind from :data:`FAULT_KINDS`, or ``None`` for no fault."""
+        r = rng.random()
+        edge = 0.0
+        for kind in FAULT_KINDS:
+            edge += getattr(self, kind)
+            if r < edge:
+                return kind
+        return None
+
+    def preview(self, n: int) -> list:
+        """The decisions for the first ``n`` eligible requests (a list of kinds or ``None``)."""
+        rng = random.Random(self.seed)
+        return [self.decide(rng) for _ in range(n)]
+
+    def to_json(self) -> dict:
+        if self.predicate is not None:
+            raise ValueError("a FaultPlan with a predicate cannot be sent to another process")
+        data = dataclasses.asdict(self)
+        data.pop("predicate")
+        data["operations"] = sorted(self.operations) if self.operations is not None else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> FaultPlan | None:
+        if data is None:
+            return None
+        data = dict(data)
+        if data.get("operations") is not None:
+            data["operations"] = frozenset(data["operations"])
+        return cls(**data)
+
+
+_ERROR_TEXT = {
+    "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
+    "internal_error": (500, "Internal Server Error", "InternalError",
+                       "We encountered an internal error. Please try again."),
+}
+_JSON_ERRORS = {
+    "slowdown": (400, "Bad Request", "ThrottlingException", "Rate exceeded"),
+    "internal_error": (500, "Internal Server Error", "InternalFailure",
+                       "The request processing has failed because of an unknown error."),
+}
+_QUERY_ERRORS = {
+    "slowdown": (400, "Bad Request", "Throttling", "Rate exceeded"),
+    "internal_error": (500, "Internal Server Error", "InternalFailure",
+                       "The request processing has failed because of an unknown error."),
+}
+
+
+def _error_response(kind: str, protocol: str, resource: str, request_id: str) -> tuple:
+    """(status, reason, headers, body) of an injected error in the request's protocol."""
+    if protocol == "json":
+        status, reason, code, message = _JSON_ERRORS[kind]
+        body = json.dumps({"__type": code, "message": message}).encode()
+        headers = [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-ErrorType", code)]
+    elif protocol == "query":
+        status, reason, code, message = _QUERY_ERRORS[kind]
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<ErrorResponse><Error><Type>Receiver</Type>'
+            f"<Code>{code}</Code><Message>{message}</Message></Error>"
+            f"<RequestId>{request_id}</RequestId></ErrorResponse>"
+        ).encode()
+        headers = [("Content-Type", "text/xml")]
+    else:
+        status, reason, code, message = _ERROR_TEXT[kind]
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>{message}</Message><Resource>{_xml_escape(resource)}</Resource>"
+            f"<RequestId>{request_id}</RequestId><HostId>s3lake-proxy</HostId></Error>"
+        ).encode()
+        headers = [("Content-Type", "application/xml")]
+    headers += [("x-amz-request-id", request_id), ("x-amzn-RequestId", request_id)]
+    return status, reason, headers, body
+
+
+def _xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# --------------------------------------------------------------------------------------------------
+# State shared by the handler threads
+# --------------------------------------------------------------------------------------------------
+
+
+class _State:
+    def __init__(self, latency: float, faults: FaultPlan | None) -> None:
+        self.lock = threading.Lock()
+        self.latency = latency
+        self.faults = faults
+        self.rng = random.Random(faults.seed if faults else 0)
+        self.counts: dict = {}
+        self.fault_counts: dict = {}
+        self.fault_log: list = []  # (eligible request index, operation, kind)
+        self.eligible = 0
+        self.request_ids = 0
+
+    def configure(self, latency: float | None = None, faults: Any = ...) -> None:
+        with self.lock:
+            if latency is not None:
+                self.latency = float(latency)
+            if faults is not ...:
+                self.faults = faults
+                self.rng = random.Random(faults.seed if faults else 0)
+                self.eligible = 0
+
+    def record(self, operation: str) -> str | None:
+        """Count a request and decide its fault."""
+        with self.lock:
+            self.counts[operation] = self.counts.get(operation, 0) + 1
+            plan = self.faults
+            if plan is None or not plan.applies_to(operation):
+                return None
+            index = self.eligible
+            self.eligible += 1
+            kind = plan.decide(self.rng)
+            if kind is not None:
+                key = (kind, operation)
+                self.fault_counts[key] = self.fault_counts.get(key, 0) + 1
+                if len(self.fault_log) < 1_000_000:
+                    self.fault_log.append((index, operation, kind))
+            return kind
+
+    def next_request_id(self) -> str:
+        with self.lock:
+            self.request_ids += 1
+            return f"S3LAKEPROXY{self.request_ids:012d}"
+
+    def reset(self) -> None:
+        with self.lock:
+            self.counts = {}
+            self.fault_counts = {}
+            self.fault_log = []
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {
+                "counts": dict(self.counts),
+                "faults": [[k, op, n] for (k, op), n in sorted(self.fault_counts.items())],
+                "fault_log": [list(e) for e in self.fault_log],
+                "latency": self.latency,
+            }
+
+
+class _Dropped(Exception):
+    """Close the client connection without (further) response."""
+
+
+class _UpstreamError(Exception):
+    """The upstream failed and the request cannot be re-sent: answer 502."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The HTTP server
+# --------------------------------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple, upstream: str, state: _State) -> None:
+        parsed = urllib.parse.urlsplit(upstream)
+        if parsed.scheme != "http" or not parsed.hostname:
+            raise ValueError(f"upstream must be an http:// URL: {upstream!r}")
+        self.upstream_host = parsed.hostname
+        self.upstream_port = parsed.port or 80
+        self.state = state
+        self.open_sockets: set = set()
+        self.sockets_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the FQDN, which can be slow without DNS.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = host
+        self.server_port = port
+
+    def close_client_sockets(self) -> None:
+        with self.sockets_lock:
+            socks = list(self.open_sockets)
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        try:
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        self.upstream: http.client.HTTPConnection | None = None
+        with self.server.sockets_lock:
+            self.server.open_sockets.add(self.request)
+
+    def finish(self) -> None:
+        with self.server.sockets_lock:
+            self.server.open_sockets.discard(self.request)
+        if self.upstream is not None:
+            self.upstream.close()
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        pass
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (ConnectionError, socket.timeout, _Dropped, ValueError, http.client.HTTPException):
+            self.close_connection = True
+
+    def _proxy(self) -> None:
+        try:
+            self._proxy_request()
+        except _UpstreamError as exc:
+            rid = self.server.state.next_request_id()
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>BadGateway</Code>'
+                f"<Message>{_xml_escape(str(exc))}</Message><RequestId>{rid}</RequestId></Error>"
+            ).encode()
+            self._write_simple(502, "Bad Gateway", [("Content-Type", "application/xml")], body)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = do_OPTIONS = do_PATCH = _proxy
+
+    # ---------------------------------------------------------------- request body
+
+    def _body_framing(self) -> tuple:
+        """("length", n) | ("chunked", None)."""
+        te = (self.headers.get("Transfer-Encoding") or "").lower()
+        if "chunked" in te:
+            return "chunked", None
+        length = self.headers.get("Content-Length")
+        return "length", int(length) if length else 0
+
+    def _read_exact(self, n: int) -> bytes:
+        data = self.rfile.read(n)
+        if len(data) != n:
+            raise _Dropped("client closed the connection mid-body")
+        return data
+
+    def _pump_body(self, framing: tuple, sink: Callable[[bytes], None] | None) -> None:
+        """Copy the request body from the client to ``sink`` (None: discard), framing included."""
+        kind, length = framing
+        if kind == "length":
+            remaining = length
+            while remaining > 0:
+                piece = self._read_exact(min(COPY_SIZE, remaining))
+                remaining -= len(piece)
+                if sink is not None:
+                    sink(piece)
+            return
+        while True:
+            line = self.rfile.readline(65537)
+            if not line.endswith(b"\n"):
+                raise _Dropped("bad chunk size line")
+            size = int(line.split(b";", 1)[0].strip(), 16)
+            if sink is not None:
+                sink(line)
+            if size == 0:
+                while True:  # trailers, then the empty line
+                    trailer = self.rfile.readline(65537)
+                    if not trailer:
+                        raise _Dropped("client closed the connection in trailers")
+                    if sink is not None:
+                        sink(trailer)
+                    if trailer in (b"\r\n", b"\n"):
+                        return
+            remaining = size
+            while remaining > 0:
+                piece = self._read_exact(min(COPY_SIZE, remaining))
+                remaining -= len(piece)
+                if sink is not None:
+                    sink(piece)
+            crlf = self.rfile.readline(3)
+            if sink is not None:
+                sink(crlf)
+
+    # ---------------------------------------------------------------- responses
+
+    def _write(self, status: int, reason: str, headers: list, body: bytes = b"") -> None:
+        head = [f"HTTP/1.1 {status} {reason}\r\n"]
+        head += [f"{k}: {v}\r\n" for k, v in headers]
+        if self.close_connection:
+            head.append("Connection: close\r\n")
+        head.append("\r\n")
+        self.wfile.write("".join(head).encode("latin-1") + body)
+
+    def _write_simple(self, status: int, reason: str, headers: list, body: bytes) -> None:
+        headers = list(headers) + [("Content-Length", str(len(body)))]
+        self._write(status, reason, headers, b"" if self.command == "HEAD" else body)
+
+    def _control(self, path: str, framing: tuple) -> None:
+        state: _State = self.server.state
+        chunks: list = []
+        self._pump_body(framing, chunks.append)
+        body = b"".join(chunks)
+        if path == "counts" and self.command == "GET":
+            out = state.snapshot()
+        elif path == "health":
+            out = {"ok": True}
+        elif path == "reset" and self.command == "POST":
+            state.reset()
+            out = {"ok": True}
+        elif path == "config" and self.command == "POST":
+            conf = json.loads(body or b"{}")
+            kwargs: dict = {"latency": conf.get("latency")}
+            if "faults" in conf:
+                kwargs["faults"] = FaultPlan.from_json(conf["faults"])
+            state.configure(**kwargs)
+            out = {"ok": True}
+        else:
+            self._write_simple(404, "Not Found", [("Content-Type", "text/plain")], b"unknown\n")
+            return
+        self._write_simple(200, "OK", [("Content-Type", "application/json")], json.dumps(out).encode())
+
+    # ---------------------------------------------------------------- forwarding
+
+    def _proxy_request(self) -> None:
+        state = self.server.state
+        framing = self._body_framing()
+        path, _, raw_query = self.path.partition("?")
+        if path.startswith(CONTROL_PREFIX):
+            self._control(path[len(CONTROL_PREFIX):], framing)
+            return
+        query = urllib.parse.parse_qs(raw_query, keep_blank_values=True)
+        operation = s3_operation(self.command, path, query, self.headers)
+        body: bytes | None = None
+        if framing[0] == "length" and framing[1] <= BUFFER_LIMIT:
+            body = self._read_exact(framing[1])
+        protocol = "json" if self.headers.get("X-Amz-Target") else "s3"
+        if operation in ("Unknown", "PostObject") and body:
+            ctype = (self.headers.get("Content-Type") or "").lower()
+            if ctype.startswith("application/x-www-form-urlencoded"):
+                form = urllib.parse.parse_qs(body.decode("latin-1"), keep_blank_values=True)
+                if form.get("Action"):
+                    operation = form["Action"][0]
+                    protocol = "query"
+        elif "Action" in query:
+            protocol = "query"
+
+        fault = state.record(operation)
+        if state.latency > 0:
+            time.sleep(state.latency)
+
+        if fault in ("slowdown", "internal_error", "drop_before"):
+            if body is None:
+                self._pump_body(framing, None)
+            if fault == "drop_before":
+                raise _Dropped(fault)
+            status, reason, headers, payload = _error_response(
+                fault, protocol, path, state.next_request_id()
+            )
+            self._write_simple(status, reason, headers, payload)
+            return
+
+        response = self._forward(framing, body)
+        try:
+            if fault == "drop_after":
+                while response.read(COPY_SIZE):
+                    pass
+                raise _Dropped(fault)
+            self._relay(response)
+        finally:
+            response.close()
+
+    def _connection(self) -> tuple:
+        """(connection, reused) - the per-client-connection upstream connection."""
+        conn = self.upstream
+        if conn is not None and conn.sock is not None:
+            try:  # readable while idle means the upstream closed it (or sent junk): start afresh
+                readable, _, _ = select.select([conn.sock], [], [], 0)
+            except (OSError, ValueError):
+                readable = [conn.sock]
+            if readable:
+                conn.close()
+            else:
+                return conn, True
+        if conn is None:
+            conn = http.client.HTTPConnection(
+                self.server.upstream_host, self.server.upstream_port, timeout=600
+            )
+            self.upstream = conn
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, False
+
+    def _send_request(self, conn: http.client.HTTPConnection, framing: tuple, body: bytes | None):
+        conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+        drop = {h.strip().lower() for h in (self.headers.get("Connection") or "").split(",")}
+        for name, value in self.headers.items():
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in drop or lower == "expect":
+                continue
+            conn.putheader(name, value)
+        conn.endheaders()
+        if body is not None:
+            if body:
+                conn.send(body)
+        else:
+            self._pump_body(framing, conn.send)
+        return conn.getresponse()
+
+    def _forward(self, framing: tuple, body: bytes | None) -> http.client.HTTPResponse:
+        for attempt in (1, 2):
+            conn, reused = self._connection()
+            try:
+                return self._send_request(conn, framing, body)
+            except _Dropped:
+                conn.close()
+                raise
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if attempt == 1 and reused and body is not None:
+                    continue  # a stale keep-alive connection; the whole request is in hand
+                if body is None:
+                    raise _Dropped(f"upstream failed mid-body: {exc}") from exc
+                raise _UpstreamError(str(exc)) from exc
+        raise AssertionError("unreachable")
+
+    def _relay(self, response: http.client.HTTPResponse) -> None:
+        headers = [
+            (k, v) for k, v in response.getheaders()
+            if k.lower() not in HOP_BY_HOP and k.lower() != "transfer-encoding"
+        ]
+        no_body = self.command == "HEAD" or response.status in (204, 304) or response.status < 200
+        reason = response.reason or "-"
+        if no_body:
+            response.read()
+            self._write(response.status, reason, headers)
+            return
+        if response.chunked:
+            self._write(response.status, reason, headers + [("Transfer-Encoding", "chunked")])
+            while True:
+                piece = response.read(COPY_SIZE)
+                if not piece:
+                    break
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if response.length is None:  # delimited by the upstream closing: buffer it
+            payload = response.read()
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            self._write_simple(response.status, reason, headers, payload)
+            return
+        if response.length <= COPY_SIZE:
+            self._write(response.status, reason, headers, response.read())
+            return
+        self._write(response.status, reason, headers)
+        while True:
+            piece = response.read(COPY_SIZE)
+            if not piece:
+                break
+            self.wfile.write(piece)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------
+
+
+class CountWindow:
+    """Requests counted between entering and leaving ``proxy.window()``: ``counts``, ``total``."""
+
+    def __init__(self) -> None:
+        self.counts: dict = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def __repr__(self) -> str:
+        return f"CountWindow({self.counts!r})"
+
+
+class _CountsAPI:
+    def counts(self) -> dict:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @contextmanager
+    def window(self) -> Iterator[CountWindow]:
+        """``with proxy.window() as w: ...`` -> ``w.counts``: requests by operation in the block.
+
+        A difference of snapshots, so it does not reset the proxy's counts and windows can nest.
+        """
+        window = CountWindow()
+        before = self.counts()
+        try:
+            yield window
+        finally:
+            after = self.counts()
+            window.counts = {
+                op: n - before.get(op, 0) for op, n in sorted(after.items()) if n != before.get(op, 0)
+            }
+
+
+class S3Proxy(_CountsAPI):
+    """The proxy on a thread of this process: ``with S3Proxy(upstream, latency=0.02) as url: ...``."""
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        latency: float = 0.0,
+        faults: FaultPlan | None = None,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.host = host
+        self.port = port or 0
+        self.url = ""
+        self._state = _State(latency, faults)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def _bind(self) -> _Server:
+        if self._server is None:
+            self._server = _Server((self.host, self.port), self.upstream, self._state)
+            self.port = self._server.server_address[1]
+            self.url = f"http://{self.host}:{self.port}"
+        return self._server
+
+    def start(self) -> str:
+        self._bind()
+        self._thread = threading.Thread(
+            target=self._bind().serve_forever, kwargs={"poll_interval": 0.2},
+            name=f"s3proxy-{self.port}", daemon=True,
+        )
+        self._thread.start()
+        return self.url
+
+    def serve_forever(self) -> None:
+        """Serve on the calling thread (the ``python -m`` entry point)."""
+        self._bind().serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        server.close_client_sockets()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def environ(self) -> dict:
+        return {"AWS_ENDPOINT_URL": self.url}
+
+    @property
+    def latency(self) -> float:
+        return self._state.latency
+
+    def configure(self, *, latency: float | None = None, faults: Any = ...) -> None:
+        """Change the latency and/or install a fault plan (``None``: no faults) while running."""
+        self._state.configure(latency, faults)
+
+    def counts(self) -> dict:
+        with self._state.lock:
+            return dict(self._state.counts)
+
+    def reset_counts(self) -> None:
+        """Clear request counts, fault counts and the fault log (the fault random sequence goes on)."""
+        self._state.reset()
+
+    reset = reset_counts
+
+    def fault_counts(self) -> dict:
+        with self._state.lock:
+            return dict(self._state.fault_counts)
+
+    def fault_log(self) -> list:
+        """``[(eligible request index, operation, kind), ...]`` of the faults injected so far."""
+        with self._state.lock:
+            return list(self._state.fault_log)
+
+
+class ProxyProcess(_CountsAPI):
+    """The proxy in its own process (``python -m s3lake.testbed.proxy``), mirroring ``MotoServer``."""
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        latency: float = 0.0,
+        faults: FaultPlan | None = None,
+        port: int | None = None,
+        log_path: str | None = None,
+    ) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.latency = latency
+        self.faults = faults
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._proc: subprocess.Popen | None = None
+        self._log: Any = None
+
+    def command(self) -> list:
+        cmd = [sys.executable, "-m", "s3lake.testbed.proxy", "--upstream", self.upstream,
+               "--port", str(self.port), "--latency", str(self.latency)]
+        if self.faults is not None:
+            plan = self.faults.to_json()
+            cmd += ["--seed", str(plan["seed"])]
+            for kind in FAULT_KINDS:
+                cmd += [f"--{kind.replace('_', '-')}", str(plan[kind])]
+            if plan["operations"] is not None:
+                cmd += ["--operations", ",".join(plan["operations"])]
+        return cmd
+
+    def start(self) -> str:
+        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        env = dict(os.environ)
+        lib = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (lib, env.get("PYTHONPATH")) if p)
+        self._proc = subprocess.Popen(self.command(), stdout=self._log, stderr=self._log, env=env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"proxy exited with {self._proc.returncode}")
+            try:
+                self._call("GET", "health")
+                return self.url
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"proxy did not answer on {self.url}")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._log not in (None, subprocess.DEVNULL):
+            self._log.close()
+        self._log = None
+        self._proc = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def environ(self) -> dict:
+        return {"AWS_ENDPOINT_URL": self.url}
+
+    def _call(self, method: str, name: str, payload: dict | None = None) -> dict:
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(f"{self.url}{CONTROL_PREFIX}{name}", data=data, method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def configure(self, *, latency: float | None = None, faults: Any = ...) -> None:
+        payload: dict = {"latency": latency}
+        if faults is not ...:
+            payload["faults"] = faults.to_json() if faults is not None else None
+            self.faults = faults
+        if latency is not None:
+            self.latency = latency
+        self._call("POST", "config", payload)
+
+    def counts(self) -> dict:
+        return self._call("GET", "counts")["counts"]
+
+    def reset_counts(self) -> None:
+        self._call("POST", "reset", {})
+
+    reset = reset_counts
+
+    def fault_counts(self) -> dict:
+        return {(k, op): n for k, op, n in self._call("GET", "counts")["faults"]}
+
+    def fault_log(self) -> list:
+        return [tuple(e) for e in self._call("GET", "counts")["fault_log"]]
+
+
+def main(argv: list | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m s3lake.testbed.proxy", description=__doc__.split("\n")[0])
+    parser.add_argument("--upstream", required=True, help="the moto server URL, e.g. http://127.0.0.1:5000")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    parser.add_argument("--seed", type=int, default=0)
+    for kind in FAULT_KINDS:
+        parser.add_argument(f"--{kind.replace('_', '-')}", type=float, default=0.0, dest=kind,
+                            help=f"share of eligible requests answered with {kind}")
+    parser.add_argument("--operations", default=None, help="comma-separated operations to fault")
+    args = parser.parse_args(argv)
+    faults = None
+    if any(getattr(args, kind) for kind in FAULT_KINDS):
+        ops = frozenset(o.strip() for o in args.operations.split(",") if o.strip()) if args.operations else None
+        faults = FaultPlan(seed=args.seed, operations=ops, **{k: getattr(args, k) for k in FAULT_KINDS})
+    proxy = S3Proxy(args.upstream, latency=args.latency, faults=faults, port=args.port, host=args.host)
+    proxy._bind()
+    print(proxy.url, flush=True)
+    try:
+        proxy.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
