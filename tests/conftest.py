@@ -7,7 +7,6 @@ import sys
 import uuid
 
 import pytest
-
 from s3lake.testbed import MotoServer
 
 

@@ -6,7 +6,6 @@ from datetime import datetime, timezone
 
 import pytest
 from chispa import assert_df_equality
-
 from s3lake import inventory
 from s3lake.errors import InventoryError
 from s3lake.testbed.inventory import DEFAULT_FIELDS, write_inventory
@@ -108,7 +107,10 @@ def test_reads_a_manifest_url_directly(spark, buckets):
 def test_fields_the_report_lacks_are_null_and_empty_replication_status_is_null(spark, buckets):
     dest, src = buckets
     fields = ("bucket", "key", "size", "replication_status")
-    rows = [{"key": "a b", "size": 1, "replication_status": ""}, {"key": "c", "size": 2, "replication_status": "FAILED"}]
+    rows = [
+        {"key": "a b", "size": 1, "replication_status": ""},
+        {"key": "c", "size": 2, "replication_status": "FAILED"},
+    ]
     written = write_inventory(dest, src, rows, fmt="CSV", fields=fields)
 
     _, frame = inventory.read(spark, manifest=written.manifest_url)

@@ -188,7 +188,8 @@ def resolve_manifest(url: str, *, data_files: Sequence[str] | None = None, dt: s
     if unknown:
         log.info("inventory fields s3lake does not model, ignored: %s", ", ".join(unknown))
     dest = _destination_bucket(manifest, url)
-    listed = [f"s3://{dest}/{entry['key']}" for entry in manifest["files"] if isinstance(entry, dict) and "key" in entry]
+    entries = [e for e in manifest["files"] if isinstance(e, dict) and "key" in e]
+    listed = [f"s3://{dest}/{entry['key']}" for entry in entries]
     if not listed:
         raise InventoryError(f"manifest {url} lists no data files")
     if data_files is not None and set(data_files) != set(listed):

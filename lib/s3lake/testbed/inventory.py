@@ -95,7 +95,9 @@ def file_schema(fields: Sequence[str], fmt: str) -> str:
     for f in fields:
         t = str(_arrow_type(f))
         physical = pq_types.get(t, "binary")
-        note = " (TIMESTAMP(MILLIS,true))" if t.startswith("timestamp") else (" (STRING)" if physical == "binary" else "")
+        note = " (STRING)" if physical == "binary" else ""
+        if t.startswith("timestamp"):
+            note = " (TIMESTAMP(MILLIS,true))"
         parts.append(f"{'required' if f in ('bucket', 'key') else 'optional'} {physical} {f}{note};")
     return "message s3.inventory { " + " ".join(parts) + " }"
 
@@ -144,7 +146,8 @@ def write_inventory(
     }
     raw = json.dumps(manifest, indent=2).encode("utf-8")
     s3.put_object(Bucket=dest_bucket, Key=f"{base}/{stamp}/manifest.json", Body=raw)
-    s3.put_object(Bucket=dest_bucket, Key=f"{base}/{stamp}/manifest.checksum", Body=hashlib.md5(raw).hexdigest().encode())
+    checksum = hashlib.md5(raw).hexdigest().encode()
+    s3.put_object(Bucket=dest_bucket, Key=f"{base}/{stamp}/manifest.checksum", Body=checksum)
     s3.put_object(Bucket=dest_bucket, Key=f"{base}/hive/dt={dt}/symlink.txt", Body=("\n".join(urls) + "\n").encode())
     if table:
         register_glue_table(table, f"s3://{dest_bucket}/{base}/hive/", fields, fmt, dt)

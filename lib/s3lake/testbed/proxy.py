@@ -494,6 +494,19 @@ class _Server(ThreadingHTTPServer):
                 pass
 
 
+def _readable(sock: socket.socket) -> bool:
+    """Whether ``sock`` has data or EOF waiting (poll: no FD_SETSIZE limit, unlike select)."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except (AttributeError, OSError):  # no poll() (Windows)
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -685,11 +698,7 @@ class _Handler(BaseHTTPRequestHandler):
         """(connection, reused) - the per-client-connection upstream connection."""
         conn = self.upstream
         if conn is not None and conn.sock is not None:
-            try:  # readable while idle means the upstream closed it (or sent junk): start afresh
-                readable, _, _ = select.select([conn.sock], [], [], 0)
-            except (OSError, ValueError):
-                readable = [conn.sock]
-            if readable:
+            if _readable(conn.sock):  # while idle: the upstream closed it (or sent junk); start afresh
                 conn.close()
             else:
                 return conn, True
@@ -741,7 +750,7 @@ class _Handler(BaseHTTPRequestHandler):
             if k.lower() not in HOP_BY_HOP and k.lower() != "transfer-encoding"
         ]
         no_body = self.command == "HEAD" or response.status in (204, 304) or response.status < 200
-        reason = response.reason or "-"
+        reason = response.reason or http.client.responses.get(response.status, "")
         if no_body:
             response.read()
             self._write(response.status, reason, headers)
@@ -894,7 +903,8 @@ class S3Proxy(_CountsAPI):
             return dict(self._state.fault_counts)
 
     def fault_log(self) -> list:
-        """``[(eligible request index, operation, kind), ...]`` of the faults injected so far."""
+        """``[(index, operation, kind), ...]``: the faults injected so far; ``index`` counts the
+        eligible requests since the plan was installed, as in :meth:`FaultPlan.preview`."""
         with self._state.lock:
             return list(self._state.fault_log)
 
@@ -1002,8 +1012,23 @@ class ProxyProcess(_CountsAPI):
         return [tuple(e) for e in self._call("GET", "counts")["fault_log"]]
 
 
+def _raise_open_files_limit() -> None:
+    """Each client connection holds two sockets; lift the soft limit to the hard one (Unix)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def main(argv: list | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m s3lake.testbed.proxy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m s3lake.testbed.proxy", description="A latency/fault-injecting proxy for moto."
+    )
     parser.add_argument("--upstream", required=True, help="the moto server URL, e.g. http://127.0.0.1:5000")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
@@ -1016,9 +1041,12 @@ def main(argv: list | None = None) -> None:
     args = parser.parse_args(argv)
     faults = None
     if any(getattr(args, kind) for kind in FAULT_KINDS):
-        ops = frozenset(o.strip() for o in args.operations.split(",") if o.strip()) if args.operations else None
+        ops = None
+        if args.operations:
+            ops = frozenset(o.strip() for o in args.operations.split(",") if o.strip())
         faults = FaultPlan(seed=args.seed, operations=ops, **{k: getattr(args, k) for k in FAULT_KINDS})
     proxy = S3Proxy(args.upstream, latency=args.latency, faults=faults, port=args.port, host=args.host)
+    _raise_open_files_limit()
     proxy._bind()
     print(proxy.url, flush=True)
     try:

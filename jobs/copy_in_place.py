@@ -1,0 +1,95 @@
+"""Copy in place: backfill Cross-Region Replication for pre-existing and FAILED objects.
+
+    spark-submit jobs/copy_in_place.py \\
+        (--inventory-table DB.TABLE [--inventory-date DT] | --inventory-manifest S3_URL) \\
+        --results PATH [--statuses none,FAILED] [--dry-run] [--run-id ID] [--no-copy-acls] \\
+        [--acl-from-inventory] [--concurrency N] [--partitions N] [--multipart-threshold BYTES] \\
+        [--max-failures N]
+
+Reads the bucket's S3 Inventory, picks the latest versions whose replication status is one of
+``--statuses`` and copies each onto itself keeping ACL, SSE (exact KMS key), storage class, tags, user
+metadata and system headers, so replication picks it up. Writes one result row per candidate under
+``--results`` (Parquet, partition ``run_id=...``) and prints a summary. Exit status: 0, 1 when FAILED
+objects exceed ``--max-failures``, 2 for bad input (nothing touched).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Sequence
+
+from s3lake import cli, copy_in_place, inventory, results
+from s3lake.errors import ConfigError
+from s3lake.spark import get_session
+
+log = logging.getLogger("s3lake.copy_in_place")
+
+
+def parse_args(argv: Sequence[str] | None):
+    p = cli.parser("copy_in_place.py", __doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--inventory-table", metavar="DB.TABLE", help="Glue table over the S3 Inventory (Athena style)")
+    src.add_argument("--inventory-manifest", metavar="S3_URL", help="s3:// URL of a delivery's manifest.json")
+    p.add_argument("--inventory-date", metavar="DT", help="partition dt=YYYY-MM-DD-HH-MM (default: the latest)")
+    p.add_argument("--results", required=True, metavar="PATH", help="Hadoop path for the results dataset")
+    p.add_argument("--statuses", default="none,FAILED",
+                   help="replication statuses that make a candidate; 'none' = no status (default: none,FAILED)")
+    p.add_argument("--dry-run", action="store_true", help="write nothing; report WOULD_COPY or the skip reason")
+    p.add_argument("--run-id", help="marker and results partition (default: derived from the inventory delivery)")
+    p.add_argument("--no-copy-acls", dest="copy_acls", action="store_false",
+                   help="do not carry object ACL grants (the copy gets the bucket's default ACL)")
+    p.add_argument("--acl-from-inventory", action="store_true",
+                   help="take grants from the report's ObjectAccessControlList instead of GetObjectAcl "
+                        "(one request less per object; grants changed since the report would be reverted)")
+    p.add_argument("--concurrency", type=int, default=32, help="objects in flight per Spark task (default 32)")
+    p.add_argument("--partitions", type=int, help="Spark tasks (default: from the candidate count)")
+    p.add_argument("--multipart-threshold", type=int, default=copy_in_place.DEFAULT_THRESHOLD, metavar="BYTES",
+                   help="multipart copy above this size (default 5 GiB, the CopyObject limit)")
+    p.add_argument("--max-failures", type=int, default=0, help="exit 1 when more objects FAILED (default 0)")
+    args = p.parse_args(argv)
+    if args.inventory_date and not args.inventory_table:
+        p.error("--inventory-date goes with --inventory-table")
+    if args.concurrency < 1 or (args.partitions is not None and args.partitions < 1):
+        p.error("--concurrency and --partitions must be at least 1")
+    if not 5 * 1024 * 1024 <= args.multipart_threshold <= copy_in_place.DEFAULT_THRESHOLD:
+        p.error("--multipart-threshold must be between 5 MiB and 5 GiB")
+    return args
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    statuses = copy_in_place.parse_statuses(args.statuses)
+    spark = get_session("s3lake-copy-in-place")
+    delivery, frame = inventory.read(spark, args.inventory_table, args.inventory_date, args.inventory_manifest)
+    results.check_writable(spark, args.results)
+    run_id = args.run_id or copy_in_place.default_run_id(delivery.delivery_id)
+    if "/" in run_id or "=" in run_id:
+        raise ConfigError(f"--run-id must not contain '/' or '=': {run_id!r}")
+    settings = copy_in_place.Settings(
+        run_id=run_id,
+        dry_run=args.dry_run,
+        copy_acls=args.copy_acls,
+        acl_from_inventory=args.acl_from_inventory,
+        concurrency=args.concurrency,
+        multipart_threshold=args.multipart_threshold,
+    )
+    log.info("run %s over %s (%s)", run_id, delivery.manifest_url, delivery.file_format)
+    candidates = copy_in_place.select_candidates(frame, statuses)
+    summary, _ = copy_in_place.run(spark, candidates, settings, args.results, args.partitions)
+    title = f"copy-in-place run {run_id}{' (dry run)' if args.dry_run else ''}"
+    print(results.format_summary(title, summary), flush=True)
+    failed = summary["statuses"].get(results.FAILED, 0)
+    if failed > args.max_failures:
+        print(f"s3lake: {failed} objects FAILED (more than --max-failures {args.max_failures}); "
+              f"see {args.results}/run_id={run_id}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

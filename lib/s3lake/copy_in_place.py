@@ -1,0 +1,387 @@
+"""Copy in place: backfill Cross-Region Replication for pre-existing and FAILED objects.
+
+Per candidate (latest version, not a delete marker, replication status in ``--statuses``):
+
+1. one HEAD (the live state) decides: gone -> ``MISSING``; carries this run's marker -> ``ALREADY_COPIED``;
+   replicating now (PENDING/COMPLETED/REPLICA) -> ``SKIPPED_REPLICATING``; ETag or version differs from the
+   inventory (overwritten since: the new write replicates by itself) -> ``SKIPPED_CHANGED``; archived and not
+   restored -> ``SKIPPED_ARCHIVED``; SSE-C -> ``SKIPPED_SSE_C``;
+2. the ACL (GetObjectAcl, unless the bucket has ACLs disabled or ``--no-copy-acls``) rides on the copy
+   request as ``x-amz-grant-*`` headers, so the new version never exists with another ACL;
+3. CopyObject onto itself with ``MetadataDirective=REPLACE`` re-sending every attribute (see
+   :mod:`s3lake.objects`) plus the marker ``x-amz-meta-s3lake-copied: <run id>``, ``TaggingDirective=COPY``,
+   ``CopySourceIfMatch`` = the ETag just read and the exact source version;
+4. above ``multipart_threshold``: CreateMultipartUpload + UploadPartCopy in parallel + Complete (Abort on failure).
+
+Writes go through :func:`s3lake.objects.write_once`: when the outcome of a copy is unknown (throttled, reset,
+response lost) the object is HEADed for the run's marker before any retry, so nothing is copied twice.
+A request count per object is kept for the summary (HEAD + GetObjectAcl + CopyObject = 3 at most for a
+single-part copy; 2 where ACLs are disabled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import quote
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from s3lake import aws, results
+from s3lake.errors import ConfigError
+from s3lake.objects import (
+    Acl,
+    ObjectState,
+    acl_from_inventory,
+    acl_from_response,
+    is_retryable,
+    once_client,
+    write_attributes,
+    write_once,
+)
+
+JOB = "copy-in-place"
+MARKER = "s3lake-copied"
+GIB = 1024 ** 3
+MIB = 1024 ** 2
+DEFAULT_THRESHOLD = 5 * GIB
+MAX_PARTS = 10000
+
+COPIED = "COPIED"
+WOULD_COPY = "WOULD_COPY"
+MISSING = "MISSING"
+ALREADY_COPIED = "ALREADY_COPIED"
+SKIPPED_REPLICATING = "SKIPPED_REPLICATING"
+SKIPPED_CHANGED = "SKIPPED_CHANGED"
+SKIPPED_ARCHIVED = "SKIPPED_ARCHIVED"
+SKIPPED_SSE_C = "SKIPPED_SSE_C"
+SKIPPED_OTHER_OWNER = "SKIPPED_OTHER_OWNER"
+FAILED = results.FAILED
+REPLICATING = frozenset({"PENDING", "COMPLETED", "REPLICA"})
+CANDIDATE_COLUMNS = ["bucket", "key", "version_id", "e_tag", "size", "storage_class", "object_access_control_list",
+                     "object_owner", "checksum_algorithm"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    run_id: str
+    dry_run: bool = False
+    copy_acls: bool = True
+    acl_from_inventory: bool = False
+    concurrency: int = 32
+    multipart_threshold: int = DEFAULT_THRESHOLD
+    part_concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    """Looked up once per bucket on the driver."""
+
+    acls_enabled: bool
+    owner_id: str | None
+
+
+# ------------------------------------------------------------------------------------ pure planning
+
+
+def parse_statuses(text: str) -> frozenset[str | None]:
+    """``none,FAILED`` -> {None, "FAILED"}; ``none`` means no replication status (pre-existing objects)."""
+    allowed = {"NONE", "FAILED", "PENDING", "COMPLETED", "REPLICA"}
+    out: set[str | None] = set()
+    for part in (p.strip().upper() for p in text.split(",")):
+        if not part:
+            continue
+        if part not in allowed:
+            raise ConfigError(f"--statuses: unknown replication status {part!r} (use none, FAILED, ...)")
+        out.add(None if part == "NONE" else part)
+    if not out:
+        raise ConfigError("--statuses names no status")
+    return frozenset(out)
+
+
+def select_candidates(inventory: DataFrame, statuses: Iterable[str | None]) -> DataFrame:
+    """Live objects (latest version, not delete markers) whose replication status is one of ``statuses``."""
+    wanted = set(statuses)
+    named = sorted(s for s in wanted if s is not None)
+    status = F.upper(F.col("replication_status"))
+    condition = status.isin(named) if named else F.lit(False)
+    if None in wanted:
+        condition = condition | F.col("replication_status").isNull()
+    live = F.coalesce(F.col("is_latest"), F.lit(True)) & ~F.coalesce(F.col("is_delete_marker"), F.lit(False))
+    return inventory.where(live & condition).select(*CANDIDATE_COLUMNS)
+
+
+def default_run_id(delivery_id: str) -> str:
+    """A readable, stable id per inventory delivery: re-running the same delivery resumes it."""
+    digest = hashlib.sha1(delivery_id.encode()).hexdigest()[:8]
+    stamp = delivery_id.rsplit("/", 1)[-1]
+    return f"cip-{stamp}-{digest}"
+
+
+def default_partitions(candidates: int, parallelism: int) -> int:
+    """Enough tasks to use every core, and more for big inventories so one task stays a few minutes."""
+    return max(1, min(candidates, max(parallelism, math.ceil(candidates / 50000))))
+
+
+def part_size(size: int, threshold: int) -> int:
+    """UploadPartCopy range size: >= 5 MiB, <= 10,000 parts, 64 MiB unless the threshold is lower."""
+    return max(5 * MIB, math.ceil(size / MAX_PARTS), min(64 * MIB, threshold))
+
+
+def decide(state: ObjectState | None, inventory_etag: str | None, inventory_version: str | None,
+           run_id: str) -> str | None:
+    """The skip status for a HEADed object, or None when it should be copied."""
+    if state is None:
+        return MISSING
+    if state.metadata.get(MARKER) == run_id:
+        return ALREADY_COPIED
+    if state.replication_status in REPLICATING:
+        return SKIPPED_REPLICATING
+    if inventory_etag and state.etag != inventory_etag.strip('"'):
+        return SKIPPED_CHANGED
+    if inventory_version and state.version_id and state.version_id != inventory_version:
+        return SKIPPED_CHANGED
+    if state.sse_customer_algorithm:
+        return SKIPPED_SSE_C
+    if state.needs_restore:
+        return SKIPPED_ARCHIVED
+    return None
+
+
+def copy_request(state: ObjectState, run_id: str, acl: Acl | None) -> dict[str, Any]:
+    """The CopyObject parameters for a self-copy that keeps every attribute of ``state``."""
+    source: dict[str, str] = {"Bucket": state.bucket, "Key": state.key}
+    if state.version_id:
+        source["VersionId"] = state.version_id
+    params = write_attributes(state, metadata={**state.metadata, MARKER: run_id})
+    params.update(
+        Bucket=state.bucket,
+        Key=state.key,
+        CopySource=source,
+        CopySourceIfMatch=f'"{state.etag}"',
+        MetadataDirective="REPLACE",
+        TaggingDirective="COPY",
+    )
+    if acl is not None:
+        params.update(acl.grant_params())
+    return params
+
+
+def multipart_request(state: ObjectState, run_id: str, acl: Acl | None, tags: Sequence[Mapping[str, str]]) -> dict:
+    """CreateMultipartUpload parameters: every attribute, the marker, the grants and the tags."""
+    params = write_attributes(state, metadata={**state.metadata, MARKER: run_id})
+    params.update(Bucket=state.bucket, Key=state.key)
+    if tags:
+        params["Tagging"] = "&".join(f"{quote(t['Key'], safe='')}={quote(t['Value'], safe='')}" for t in tags)
+    if acl is not None:
+        params.update(acl.grant_params())
+    return params
+
+
+# ------------------------------------------------------------------------------------ per object (I/O)
+
+
+class Counter:
+    """S3 requests made for one object (thread-confined)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._lock = threading.Lock()
+
+    def add(self, k: int = 1) -> None:
+        with self._lock:
+            self.n += k
+
+
+def head(bucket: str, key: str, counter: Counter) -> ObjectState | None:
+    counter.add()
+    try:
+        response = aws.s3().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    except Exception as exc:  # noqa: BLE001
+        if aws.error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    return ObjectState.from_head(bucket, key, response)
+
+
+def _applied(state: ObjectState, run_id: str, counter: Counter) -> dict | None:
+    """After an unknown outcome: did our copy land? (HEAD shows this run's marker.)"""
+    now = head(state.bucket, state.key, counter)
+    if now is not None and now.metadata.get(MARKER) == run_id:
+        return {"VersionId": now.version_id, "recovered": True}
+    return None
+
+
+def copy_single(state: ObjectState, settings: Settings, acl: Acl | None, counter: Counter) -> dict:
+    params = copy_request(state, settings.run_id, acl)
+
+    def write() -> dict:
+        counter.add()
+        return once_client().copy_object(**params)
+
+    response, _ = write_once(write, lambda: _applied(state, settings.run_id, counter))
+    return response
+
+
+def copy_multipart(state: ObjectState, settings: Settings, acl: Acl | None, counter: Counter) -> dict:
+    s3 = aws.s3()
+    tags: list = []
+    if state.tag_count:
+        counter.add()
+        tags = s3.get_object_tagging(Bucket=state.bucket, Key=state.key,
+                                     **({"VersionId": state.version_id} if state.version_id else {}))["TagSet"]
+    counter.add()
+    upload_id = s3.create_multipart_upload(**multipart_request(state, settings.run_id, acl, tags))["UploadId"]
+    source = {"Bucket": state.bucket, "Key": state.key}
+    if state.version_id:
+        source["VersionId"] = state.version_id
+    size = part_size(state.size, settings.multipart_threshold)
+    ranges = [(i + 1, start, min(start + size, state.size) - 1) for i, start in enumerate(range(0, state.size, size))]
+
+    def copy_part(part: tuple[int, int, int]) -> dict:
+        number, first, last = part
+        counter.add()
+        out = s3.upload_part_copy(
+            Bucket=state.bucket, Key=state.key, UploadId=upload_id, PartNumber=number, CopySource=source,
+            CopySourceRange=f"bytes={first}-{last}", CopySourceIfMatch=f'"{state.etag}"',
+        )["CopyPartResult"]
+        entry = {"PartNumber": number, "ETag": out["ETag"]}
+        entry.update({k: v for k, v in out.items() if k.startswith("Checksum")})
+        return entry
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(settings.part_concurrency, len(ranges)))) as pool:
+            parts = list(pool.map(copy_part, ranges))
+
+        def complete() -> dict:
+            counter.add()
+            return once_client().complete_multipart_upload(
+                Bucket=state.bucket, Key=state.key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+
+        response, _ = write_once(complete, lambda: _applied(state, settings.run_id, counter))
+        return response
+    except BaseException:
+        _abort(state, upload_id, counter)
+        raise
+
+
+def _abort(state: ObjectState, upload_id: str, counter: Counter) -> None:
+    for attempt in range(5):
+        try:
+            counter.add()
+            aws.s3().abort_multipart_upload(Bucket=state.bucket, Key=state.key, UploadId=upload_id)
+            return
+        except Exception as exc:  # noqa: BLE001
+            if aws.error_code(exc) in ("NoSuchUpload", "404"):
+                return
+            if not is_retryable(exc):
+                return
+            time.sleep(0.2 * (attempt + 1))
+
+
+def process(candidate: Mapping[str, Any], settings: Settings, bucket: BucketInfo) -> tuple:
+    """Copy one candidate (or decide not to); always returns exactly one result row."""
+    b, k = candidate["bucket"], candidate["key"]
+    counter = Counter()
+    base = {"version_id": candidate.get("version_id"), "size": candidate.get("size"),
+            "storage_class": candidate.get("storage_class")}
+    state: ObjectState | None = None
+    try:
+        state = head(b, k, counter)
+        status = decide(state, candidate.get("e_tag"), candidate.get("version_id"), settings.run_id)
+        if state is not None:
+            base.update(size=state.size, storage_class=state.storage_class, encryption=state.encryption,
+                        kms_key_id=state.kms_key_id, version_id=state.version_id or base["version_id"])
+        if status is None and state is not None:
+            acl = None
+            if settings.copy_acls and bucket.acls_enabled:
+                acl = _object_acl(state, candidate, settings, counter)
+                if bucket.owner_id and acl.owner_id and acl.owner_id != bucket.owner_id:
+                    status = SKIPPED_OTHER_OWNER  # a copy would make us the owner: never change ownership
+            if status is None and settings.dry_run:
+                status = WOULD_COPY
+            elif status is None:
+                if state.size > settings.multipart_threshold:
+                    response = copy_multipart(state, settings, acl, counter)
+                else:
+                    response = copy_single(state, settings, acl, counter)
+                base["new_version_id"] = response.get("VersionId")
+                base["bytes_out"] = state.size
+                status = COPIED
+        return results.row(settings.run_id, JOB, b, k, status or FAILED, requests=counter.n, **base)
+    except Exception as exc:  # noqa: BLE001 - recorded per object, the job goes on
+        code = aws.error_code(exc)
+        if code in ("PreconditionFailed", "412"):
+            return results.row(settings.run_id, JOB, b, k, SKIPPED_CHANGED, requests=counter.n, error_code=code,
+                               error_message="object changed between HEAD and copy", **base)
+        return results.row(settings.run_id, JOB, b, k, FAILED, requests=counter.n, error_code=code,
+                           error_message=str(exc), **base)
+
+
+def _object_acl(state: ObjectState, candidate: Mapping[str, Any], settings: Settings, counter: Counter) -> Acl:
+    if settings.acl_from_inventory:
+        acl = acl_from_inventory(candidate.get("object_access_control_list"), candidate.get("object_owner"))
+        if acl is not None:
+            return acl
+    counter.add()
+    kwargs = {"VersionId": state.version_id} if state.version_id else {}
+    return acl_from_response(aws.s3().get_object_acl(Bucket=state.bucket, Key=state.key, **kwargs))
+
+
+def process_partition(rows: Iterable[Any], settings: Settings, buckets: Mapping[str, BucketInfo]) -> Iterator[tuple]:
+    """A bounded pool of ``settings.concurrency`` objects in flight; S3 latency, not CPU, is the limit."""
+    from s3lake.objects import chunks
+
+    unknown = BucketInfo(acls_enabled=True, owner_id=None)
+    with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
+        for batch in chunks((r.asDict() if hasattr(r, "asDict") else dict(r) for r in rows), settings.concurrency * 4):
+            yield from pool.map(lambda c: process(c, settings, buckets.get(c["bucket"], unknown)), batch)
+
+
+# ------------------------------------------------------------------------------------ driver side
+
+
+def bucket_info(bucket: str, copy_acls: bool) -> tuple[BucketInfo, int]:
+    """ACLs enabled? (ObjectOwnership != BucketOwnerEnforced) and the bucket owner's id; plus requests made."""
+    s3 = aws.s3()
+    requests = 1
+    try:
+        rules = s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"]["Rules"]
+        enforced = any(r.get("ObjectOwnership") == "BucketOwnerEnforced" for r in rules)
+    except Exception as exc:  # noqa: BLE001
+        if aws.error_code(exc) != "OwnershipControlsNotFoundError":
+            raise
+        enforced = False
+    owner = None
+    if copy_acls and not enforced:
+        requests += 1
+        owner = s3.get_bucket_acl(Bucket=bucket)["Owner"].get("ID")
+    return BucketInfo(acls_enabled=not enforced, owner_id=owner), requests
+
+
+def run(spark: SparkSession, candidates: DataFrame, settings: Settings, results_path: str,
+        partitions: int | None = None) -> tuple[dict[str, Any], DataFrame]:
+    """Process every candidate, write the results once, return (summary, this run's results)."""
+    started = time.monotonic()
+    candidates = candidates.persist()
+    buckets_seen = [r[0] for r in candidates.select("bucket").distinct().collect()]
+    infos, driver_requests = {}, 0
+    for name in buckets_seen:
+        infos[name], n = bucket_info(name, settings.copy_acls)
+        driver_requests += n
+    count = candidates.count()
+    n = partitions or default_partitions(count, spark.sparkContext.defaultParallelism)
+    rdd = candidates.repartition(n).rdd.mapPartitions(lambda rows: process_partition(rows, settings, infos))
+    frame = spark.createDataFrame(rdd, results.SCHEMA)
+    results.write(frame, results_path)  # the one action that copies: never recompute `frame`
+    candidates.unpersist()
+    written = results.read_run(spark, results_path, settings.run_id)
+    summary = results.summarize(results.summary_rows(written), time.monotonic() - started, driver_requests)
+    return summary, written

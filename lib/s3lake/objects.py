@@ -1,0 +1,251 @@
+"""Per-object S3 attributes: read them from one HEAD (+ ACL) and re-send them on a write.
+
+Used by every job that rewrites an object in place (copy-in-place, anonymize), so the list of what
+"keeping every attribute" means lives in one place:
+
+* system headers: Content-Type, Cache-Control, Content-Disposition, Content-Encoding, Content-Language,
+  Expires, WebsiteRedirectLocation (``MetadataDirective=REPLACE`` drops them unless re-sent);
+* user metadata;
+* storage class;
+* SSE: AES256, or aws:kms / aws:kms:dsse with the exact key id and BucketKeyEnabled;
+* checksum algorithm; Object Lock mode, retain-until date and legal hold;
+* ACL grants, as ``x-amz-grant-*`` headers on the write itself (never a later PutObjectAcl).
+
+References: CopyObject https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html (metadata
+directive, grant headers, SSE, storage class, self-copy rule) and ACL grant headers
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/acl-overview.html#setting-acls.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+from s3lake import aws
+
+SYSTEM_HEADERS = (
+    "ContentType",
+    "CacheControl",
+    "ContentDisposition",
+    "ContentEncoding",
+    "ContentLanguage",
+    "Expires",
+    "WebsiteRedirectLocation",
+)
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+CHECKSUM_KEYS = {"ChecksumCRC32": "CRC32", "ChecksumCRC32C": "CRC32C", "ChecksumSHA1": "SHA1",
+                 "ChecksumSHA256": "SHA256", "ChecksumCRC64NVME": "CRC64NVME"}
+GRANT_PARAMS = {"FULL_CONTROL": "GrantFullControl", "READ": "GrantRead", "READ_ACP": "GrantReadACP",
+                "WRITE_ACP": "GrantWriteACP"}
+ENCRYPTION_STATUS = {"AES256": "SSE-S3", "aws:kms": "SSE-KMS", "aws:kms:dsse": "DSSE-KMS"}
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    """What one HEAD says about the current version of an object."""
+
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    last_modified: datetime | None
+    version_id: str | None
+    storage_class: str
+    metadata: Mapping[str, str]
+    headers: Mapping[str, Any]
+    sse: str | None
+    kms_key_id: str | None
+    bucket_key_enabled: bool
+    sse_customer_algorithm: str | None
+    replication_status: str | None
+    restore: str | None
+    archive_status: str | None
+    checksum_algorithm: str | None
+    object_lock: Mapping[str, Any]
+    tag_count: int
+
+    @classmethod
+    def from_head(cls, bucket: str, key: str, head: Mapping[str, Any]) -> ObjectState:
+        headers = {name: head[name] for name in SYSTEM_HEADERS if head.get(name) not in (None, "")}
+        if "Expires" not in headers and head.get("ExpiresString"):
+            headers["Expires"] = head["ExpiresString"]
+        lock = {k: head[k] for k in ("ObjectLockMode", "ObjectLockRetainUntilDate", "ObjectLockLegalHoldStatus")
+                if head.get(k)}
+        version = head.get("VersionId")
+        return cls(
+            bucket=bucket,
+            key=key,
+            etag=str(head.get("ETag", "")).strip('"'),
+            size=int(head.get("ContentLength", 0)),
+            last_modified=head.get("LastModified"),
+            version_id=None if version in (None, "null") else version,
+            storage_class=head.get("StorageClass") or "STANDARD",
+            metadata=dict(head.get("Metadata") or {}),
+            headers=headers,
+            sse=head.get("ServerSideEncryption"),
+            kms_key_id=head.get("SSEKMSKeyId"),
+            bucket_key_enabled=bool(head.get("BucketKeyEnabled")),
+            sse_customer_algorithm=head.get("SSECustomerAlgorithm"),
+            replication_status=head.get("ReplicationStatus"),
+            restore=head.get("Restore"),
+            archive_status=head.get("ArchiveStatus"),
+            checksum_algorithm=next((alg for k, alg in CHECKSUM_KEYS.items() if head.get(k)), None),
+            object_lock=lock,
+            tag_count=int(head.get("TagCount") or 0),
+        )
+
+    @property
+    def encryption(self) -> str:
+        """Inventory-style EncryptionStatus: NOT-SSE, SSE-S3, SSE-KMS, DSSE-KMS or SSE-C."""
+        if self.sse_customer_algorithm:
+            return "SSE-C"
+        return ENCRYPTION_STATUS.get(self.sse or "", "NOT-SSE")
+
+    @property
+    def needs_restore(self) -> bool:
+        """Archived (GLACIER, DEEP_ARCHIVE, or an Intelligent-Tiering archive tier) and not restored."""
+        archived = self.storage_class in ARCHIVE_CLASSES or bool(self.archive_status)
+        restored = bool(self.restore) and 'ongoing-request="false"' in self.restore
+        return archived and not restored
+
+
+def write_attributes(state: ObjectState, *, metadata: Mapping[str, str] | None = None,
+                     checksum_algorithm: str | None = None) -> dict[str, Any]:
+    """Request parameters that give a new write every attribute ``state`` has.
+
+    Valid for CopyObject (with ``MetadataDirective=REPLACE``), PutObject and CreateMultipartUpload.
+    ``metadata`` replaces the user metadata (pass the original plus any marker).
+    """
+    params: dict[str, Any] = dict(state.headers)
+    params["Metadata"] = dict(state.metadata if metadata is None else metadata)
+    params["StorageClass"] = state.storage_class
+    if state.sse in ("aws:kms", "aws:kms:dsse"):
+        params["ServerSideEncryption"] = state.sse
+        if state.kms_key_id:
+            params["SSEKMSKeyId"] = state.kms_key_id
+        params["BucketKeyEnabled"] = state.bucket_key_enabled
+    elif state.sse:
+        params["ServerSideEncryption"] = state.sse
+    algorithm = state.checksum_algorithm or checksum_algorithm
+    if algorithm:
+        params["ChecksumAlgorithm"] = algorithm
+    params.update(state.object_lock)
+    return params
+
+
+# ------------------------------------------------------------------------------------------------ ACLs
+
+
+@dataclass(frozen=True)
+class Acl:
+    owner_id: str | None
+    grants: tuple[tuple[str, str, str], ...] = field(default=())  # (permission, grantee kind, value)
+
+    def grant_params(self) -> dict[str, str]:
+        """``x-amz-grant-*`` parameters that recreate exactly these grants."""
+        by_param: dict[str, list[str]] = {}
+        for permission, kind, value in self.grants:
+            param = GRANT_PARAMS.get(permission)
+            if param is None:  # WRITE is not an object permission; nothing else exists
+                continue
+            by_param.setdefault(param, []).append(f'{kind}="{value}"')
+        return {param: ", ".join(values) for param, values in sorted(by_param.items())}
+
+
+def _grantee(grantee: Mapping[str, Any]) -> tuple[str, str]:
+    kind = grantee.get("Type") or grantee.get("type")
+    if kind == "Group":
+        return "uri", grantee.get("URI") or grantee.get("uri")
+    if kind == "AmazonCustomerByEmail":
+        return "emailAddress", grantee.get("EmailAddress") or grantee.get("emailAddress")
+    return "id", grantee.get("ID") or grantee.get("canonicalId") or grantee.get("id")
+
+
+def acl_from_response(response: Mapping[str, Any]) -> Acl:
+    """An :class:`Acl` from a GetObjectAcl response."""
+    grants = tuple(
+        (g["Permission"], *_grantee(g["Grantee"])) for g in response.get("Grants", []) if g.get("Grantee")
+    )
+    return Acl((response.get("Owner") or {}).get("ID"), grants)
+
+
+def acl_from_inventory(value: str | None, owner_id: str | None) -> Acl | None:
+    """An :class:`Acl` from the inventory's base64 JSON ``ObjectAccessControlList`` (None if unusable)."""
+    if not value:
+        return None
+    try:
+        doc = json.loads(base64.b64decode(value))
+    except ValueError:
+        return None
+    if str(doc.get("status", "AVAILABLE")).upper() != "AVAILABLE":
+        return None
+    grants = []
+    for g in doc.get("grants", []):
+        kind, grantee = _grantee(g)
+        grants.append((g.get("permission"), kind, grantee))
+    return Acl(owner_id, tuple(grants))
+
+
+# --------------------------------------------------------------------------------------------- retries
+
+RETRYABLE_CODES = frozenset({
+    "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling", "ThrottlingException",
+    "RequestLimitExceeded", "TooManyRequests", "RequestThrottled", "500", "502", "503", "504",
+})
+R = TypeVar("R")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Throttling, 5xx and connection-level failures (reset, closed, timeout)."""
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return aws.error_code(exc) in RETRYABLE_CODES or int(status) >= 500
+    return isinstance(exc, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError))
+
+
+def backoff_sleep(attempt: int, base: float = 0.1, cap: float = 20.0) -> None:
+    time.sleep(random.uniform(0, min(cap, base * (2 ** attempt))))
+
+
+def write_once(write: Callable[[], R], applied: Callable[[], R | None], *, attempts: int = 8) -> tuple[R, int]:
+    """Run a non-idempotent write at most once in effect.
+
+    ``write`` must go through a client with retries off; on a retryable failure the outcome is unknown (the
+    response may have been lost after S3 applied it), so ``applied()`` checks the object (e.g. for the run's
+    marker) and returns a result if the write did happen. Returns (result, write attempts made).
+    """
+    for attempt in range(attempts):
+        try:
+            return write(), attempt + 1
+        except Exception as exc:  # noqa: BLE001
+            if not is_retryable(exc) or attempt == attempts - 1:
+                raise
+            found = applied()
+            if found is not None:
+                return found, attempt + 1
+            backoff_sleep(attempt)
+    raise AssertionError("unreachable")
+
+
+def once_client() -> Any:
+    """An S3 client with botocore retries off, for the writes :func:`write_once` guards."""
+    return aws.client("s3", max_attempts=1)
+
+
+def chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

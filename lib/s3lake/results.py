@@ -1,0 +1,119 @@
+"""Per-object outcome rows shared by the object jobs (copy-in-place, anonymize), and their summary.
+
+Results are a Parquet dataset under ``--results``, one ``run_id=<id>`` partition per run; re-running the
+same run id replaces that partition only (dynamic partition overwrite).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from s3lake.errors import ResultsPathError
+
+SCHEMA = T.StructType([
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("job", T.StringType(), False),
+    T.StructField("bucket", T.StringType(), False),
+    T.StructField("key", T.StringType(), False),
+    T.StructField("version_id", T.StringType()),
+    T.StructField("status", T.StringType(), False),
+    T.StructField("error_code", T.StringType()),
+    T.StructField("error_message", T.StringType()),
+    T.StructField("size", T.LongType()),
+    T.StructField("storage_class", T.StringType()),
+    T.StructField("encryption", T.StringType()),
+    T.StructField("kms_key_id", T.StringType()),
+    T.StructField("new_version_id", T.StringType()),
+    T.StructField("requests", T.IntegerType()),
+    T.StructField("bytes_in", T.LongType()),
+    T.StructField("bytes_out", T.LongType()),
+    T.StructField("records_changed", T.LongType()),
+    T.StructField("fields_changed", T.StringType()),
+    T.StructField("finished_at", T.TimestampType()),
+])
+FIELDS = SCHEMA.fieldNames()
+FAILED = "FAILED"
+
+
+def row(run_id: str, job: str, bucket: str, key: str, status: str, **values: Any) -> tuple:
+    """One result row as a tuple in :data:`SCHEMA` order (unknown names are a bug, so they raise)."""
+    unknown = set(values) - set(FIELDS)
+    if unknown:
+        raise TypeError(f"unknown result fields: {sorted(unknown)}")
+    values.setdefault("finished_at", datetime.now(timezone.utc))
+    if values.get("error_message"):
+        values["error_message"] = str(values["error_message"])[:1000]
+    full = {"run_id": run_id, "job": job, "bucket": bucket, "key": key, "status": status, **values}
+    return tuple(full.get(name) for name in FIELDS)
+
+
+def check_writable(spark: SparkSession, path: str) -> None:
+    """Fail fast (before any object is touched) when ``path`` cannot be written, via Hadoop's FileSystem."""
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    probe = jvm.org.apache.hadoop.fs.Path(f"{path.rstrip('/')}/_s3lake_write_probe_{uuid.uuid4().hex}")
+    try:
+        fs = probe.getFileSystem(conf)
+        fs.create(probe, True).close()
+        fs.delete(probe, False)
+    except Exception as exc:  # noqa: BLE001 - py4j wraps the Java exception
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        java = getattr(exc, "java_exception", None)
+        if java is not None:
+            message = f"{java.getClass().getSimpleName()}: {java.getMessage()}"
+        raise ResultsPathError(f"cannot write results to {path}: {message}") from None
+
+
+def write(frame: DataFrame, path: str) -> None:
+    """Write results partitioned by run_id, replacing only this run's partition."""
+    # No coalesce here: it would pull the (side-effecting) upstream work into a single task.
+    (
+        frame.write.mode("overwrite")
+        .option("partitionOverwriteMode", "dynamic")
+        .partitionBy("run_id")
+        .parquet(path)
+    )
+
+
+def read_run(spark: SparkSession, path: str, run_id: str) -> DataFrame:
+    return spark.read.schema(SCHEMA).parquet(path).where(F.col("run_id") == run_id)
+
+
+def summarize(rows: Iterable[Mapping[str, Any]], seconds: float, extra_requests: int = 0) -> dict[str, Any]:
+    """Counts per status, objects/s and S3 requests per object over a run's result rows."""
+    counts: Counter[str] = Counter()
+    requests = extra_requests
+    objects = 0
+    for r in rows:
+        counts[r["status"]] += int(r.get("n", 1))
+        requests += int(r.get("requests") or 0)
+        objects += int(r.get("n", 1))
+    return {
+        "objects": objects,
+        "statuses": dict(sorted(counts.items())),
+        "seconds": round(seconds, 3),
+        "objects_per_second": round(objects / seconds, 1) if seconds > 0 else None,
+        "requests": requests,
+        "requests_per_object": round(requests / objects, 3) if objects else 0.0,
+    }
+
+
+def summary_rows(results: DataFrame) -> list[dict[str, Any]]:
+    """Status counts and request totals, aggregated in Spark (results can be millions of rows)."""
+    grouped = results.groupBy("status").agg(F.count(F.lit(1)).alias("n"), F.sum("requests").alias("requests"))
+    return [r.asDict() for r in grouped.collect()]
+
+
+def format_summary(title: str, summary: Mapping[str, Any]) -> str:
+    lines = [f"{title}: {summary['objects']} objects in {summary['seconds']} s "
+             f"({summary['objects_per_second']} objects/s, {summary['requests_per_object']} S3 requests/object)"]
+    for status, n in summary["statuses"].items():
+        lines.append(f"  {status:<22} {n}")
+    return "\n".join(lines)
