@@ -22,6 +22,7 @@ test-fast: $(STAMP)
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check lib jobs tests bench
+	shellcheck launch_emr.sh bootstrap/*.sh .ci/run
 
 demo: $(STAMP)
 	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m s3lake.demo

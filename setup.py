@@ -25,6 +25,7 @@ setup(
             "moto[server]>=5.0",
             "ruff>=0.4",
             "awscli>=1.32",
+            "wheel>=0.40",  # launch_emr.sh builds the s3lake wheel offline
         ],
         "bench": ["duckdb>=1.0"],
     },

@@ -10,7 +10,7 @@ def test_client_honours_endpoint_url_and_is_cached_per_process(moto_server):
     first = aws.s3()
     assert first.meta.endpoint_url == moto_server
     assert aws.s3() is first
-    assert first.meta.config.retries["mode"] == "adaptive"
+    assert first.meta.config.retries["mode"] == "standard"
     assert first.meta.config.max_pool_connections >= 32
 
 

@@ -22,10 +22,12 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("botocore", "boto3", "urllib3", "py4j"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """INFO for s3lake's own loggers only: py4j logs harmless reconnects to the *root* logger at INFO."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,9 +36,14 @@ from s3lake import aws, results
 from s3lake.errors import ConfigError
 from s3lake.objects import (
     Acl,
+    BucketInfo,
+    Counter,
     ObjectState,
     acl_from_inventory,
     acl_from_response,
+    bounded_map,
+    bucket_info,
+    default_partitions,
     is_retryable,
     once_client,
     write_attributes,
@@ -79,14 +83,6 @@ class Settings:
     part_concurrency: int = 8
 
 
-@dataclass(frozen=True)
-class BucketInfo:
-    """Looked up once per bucket on the driver."""
-
-    acls_enabled: bool
-    owner_id: str | None
-
-
 # ------------------------------------------------------------------------------------ pure planning
 
 
@@ -122,11 +118,6 @@ def default_run_id(delivery_id: str) -> str:
     digest = hashlib.sha1(delivery_id.encode()).hexdigest()[:8]
     stamp = delivery_id.rsplit("/", 1)[-1]
     return f"cip-{stamp}-{digest}"
-
-
-def default_partitions(candidates: int, parallelism: int) -> int:
-    """Enough tasks to use every core, and more for big inventories so one task stays a few minutes."""
-    return max(1, min(candidates, max(parallelism, math.ceil(candidates / 50000))))
 
 
 def part_size(size: int, threshold: int) -> int:
@@ -185,18 +176,6 @@ def multipart_request(state: ObjectState, run_id: str, acl: Acl | None, tags: Se
 
 
 # ------------------------------------------------------------------------------------ per object (I/O)
-
-
-class Counter:
-    """S3 requests made for one object (thread-confined)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self._lock = threading.Lock()
-
-    def add(self, k: int = 1) -> None:
-        with self._lock:
-            self.n += k
 
 
 def head(bucket: str, key: str, counter: Counter) -> ObjectState | None:
@@ -337,33 +316,16 @@ def _object_acl(state: ObjectState, candidate: Mapping[str, Any], settings: Sett
 
 def process_partition(rows: Iterable[Any], settings: Settings, buckets: Mapping[str, BucketInfo]) -> Iterator[tuple]:
     """A bounded pool of ``settings.concurrency`` objects in flight; S3 latency, not CPU, is the limit."""
-    from s3lake.objects import chunks
-
     unknown = BucketInfo(acls_enabled=True, owner_id=None)
-    with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
-        for batch in chunks((r.asDict() if hasattr(r, "asDict") else dict(r) for r in rows), settings.concurrency * 4):
-            yield from pool.map(lambda c: process(c, settings, buckets.get(c["bucket"], unknown)), batch)
+
+    def one(candidate: Any) -> tuple:
+        c = candidate.asDict() if hasattr(candidate, "asDict") else dict(candidate)
+        return process(c, settings, buckets.get(c["bucket"], unknown))
+
+    yield from bounded_map(one, rows, settings.concurrency)
 
 
 # ------------------------------------------------------------------------------------ driver side
-
-
-def bucket_info(bucket: str, copy_acls: bool) -> tuple[BucketInfo, int]:
-    """ACLs enabled? (ObjectOwnership != BucketOwnerEnforced) and the bucket owner's id; plus requests made."""
-    s3 = aws.s3()
-    requests = 1
-    try:
-        rules = s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"]["Rules"]
-        enforced = any(r.get("ObjectOwnership") == "BucketOwnerEnforced" for r in rules)
-    except Exception as exc:  # noqa: BLE001
-        if aws.error_code(exc) != "OwnershipControlsNotFoundError":
-            raise
-        enforced = False
-    owner = None
-    if copy_acls and not enforced:
-        requests += 1
-        owner = s3.get_bucket_acl(Bucket=bucket)["Owner"].get("ID")
-    return BucketInfo(acls_enabled=not enforced, owner_id=owner), requests
 
 
 def run(spark: SparkSession, candidates: DataFrame, settings: Settings, results_path: str,

@@ -75,6 +75,7 @@ class Options:
     bad_records: str | None = None
     mode: str = "overwrite-partitions"
     max_bad_fraction: float = 0.01
+    cache_parsed: bool = True
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -233,20 +234,24 @@ def parse_records(lines: DataFrame, schema: T.StructType, timestamp_field: str) 
     )
     known = F.array(*[F.lit(n) for n in names])
     ts_raw = F.col("r").getField(timestamp_field)
-    ts = _event_ts(ts_raw, schema[timestamp_field].dataType)
-    malformed = F.col("r").isNull() | F.col("r").getField(CORRUPT).isNotNull()
-    reason = (
-        F.when(malformed, F.lit(BAD_MALFORMED))
-        .when(ts_raw.isNull(), F.lit(BAD_TS_MISSING))
-        .when(ts.isNull(), F.lit(BAD_TS_UNPARSEABLE))
-    )
-    return parsed.select(
+    staged = parsed.select(
         *[F.col("r").getField(n).alias(n) for n in names],
         F.col(FILE),
-        ts.alias(TS),
-        reason.alias(REASON),
-        F.when(reason.isNotNull(), F.col("value")).alias(RAW),
-        F.coalesce(F.size(F.array_except("_keys", known)), F.lit(0)).alias(UNKNOWN),
+        F.col("value"),
+        (F.col("r").isNull() | F.col("r").getField(CORRUPT).isNotNull()).alias("_malformed"),
+        _event_ts(ts_raw, schema[timestamp_field].dataType).alias(TS),
+        F.when(F.col("_keys").isNotNull(), F.size(F.array_except("_keys", known))).otherwise(0).alias(UNKNOWN),
+    )
+    reason = (
+        F.when(F.col("_malformed"), F.lit(BAD_MALFORMED))
+        .when(F.col(timestamp_field).isNull(), F.lit(BAD_TS_MISSING))
+        .when(F.col(TS).isNull(), F.lit(BAD_TS_UNPARSEABLE))
+    )
+    return (
+        staged.withColumn(REASON, reason)
+        .withColumn(RAW, F.when(F.col(REASON).isNotNull(), F.col("value")))
+        .withColumn(TS, F.when(F.col(REASON).isNull(), F.col(TS)))
+        .drop("value", "_malformed")
     )
 
 
@@ -298,13 +303,19 @@ def read_lines(spark: SparkSession, inputs: Sequence[str]) -> DataFrame:
 
 
 def convert(spark: SparkSession, opts: Options) -> dict[str, Any]:
-    """Run the conversion; returns the summary. Raises TooManyBadRecords before touching the output."""
+    """Run the conversion; returns the summary. Raises TooManyBadRecords before touching the output.
+
+    Parsed rows are kept (MEMORY_AND_DISK) between the counting pass and the write; with
+    ``cache_parsed=False`` the input is read and parsed twice instead.
+    """
+    cache = opts.cache_parsed
     validate(opts)
     check_committer(spark, opts.mode)
     names = [f.name for f in opts.schema.fields]
     records = with_partitions(parse_records(read_lines(spark, opts.inputs), opts.schema, opts.timestamp_field),
                               opts.partition_by)
-    records = records.persist(StorageLevel.MEMORY_AND_DISK)
+    if cache:
+        records = records.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         stats = records.agg(
             F.count(F.lit(1)).alias("total"),
@@ -314,6 +325,7 @@ def convert(spark: SparkSession, opts: Options) -> dict[str, Any]:
             F.sum(F.when(F.col(REASON) == BAD_TS_UNPARSEABLE, 1).otherwise(0)).alias("ts_unparseable"),
             F.sum(F.when(F.col(REASON).isNull(), F.col(UNKNOWN)).otherwise(0)).alias("unknown_fields"),
             F.sum(F.when(F.col(REASON).isNull() & (F.col(UNKNOWN) > 0), 1).otherwise(0)).alias("drifted"),
+            F.collect_set(F.when(F.col(REASON).isNull(), F.struct(*opts.partition_by))).alias("partitions"),
         ).first()
         total, bad = stats["total"], stats["bad"]
         bad_path = (opts.bad_records or default_bad_records_path(opts.output)).rstrip("/")
@@ -345,11 +357,11 @@ def convert(spark: SparkSession, opts: Options) -> dict[str, Any]:
                 f"{opts.max_bad_fraction:.2%}); they are in {bad_dir}; the output was not changed"
             )
         good = dedup(records.where(F.col(REASON).isNull()), opts.dedup_keys, names)
-        partitions = sorted(
-            tuple(r[p] for p in opts.partition_by) + (r["count"],)
-            for r in good.groupBy(*opts.partition_by).count().collect()
-        )
-        written = sum(p[-1] for p in partitions)
+        partitions = sorted(tuple(p) for p in stats["partitions"])
+        if opts.dedup_keys:
+            written = good.count()
+        else:
+            written = total - bad
         summary.update(
             written_records=written,
             duplicates_dropped=(total - bad - written),
@@ -369,12 +381,12 @@ def convert(spark: SparkSession, opts: Options) -> dict[str, Any]:
                 writer = writer.mode("append")
             writer.parquet(opts.output)
     finally:
-        records.unpersist()
+        if cache:
+            records.unpersist()
     if opts.table and written:
         glue_catalog.ensure_table(opts.table, opts.output, opts.schema, opts.partition_by)
         summary["glue"] = glue_catalog.register_partitions(
-            opts.table, opts.output, [p[:-1] for p in partitions]
-        )
+    opts.table, opts.output, partitions)
         summary["table"] = opts.table
     return summary
 
@@ -405,6 +417,8 @@ def build_parser():
     p.add_argument("--mode", choices=MODES, default="overwrite-partitions")
     p.add_argument("--max-bad-fraction", type=float, default=0.01, metavar="F",
                    help="fail when more than this share of records is bad (default 0.01)")
+    p.add_argument("--reread-input", action="store_true",
+                   help="parse the input twice instead of keeping parsed rows in executor memory/disk")
     return p
 
 
@@ -423,6 +437,7 @@ def options_from_args(args: Any) -> Options:
         bad_records=args.bad_records,
         mode=args.mode,
         max_bad_fraction=args.max_bad_fraction,
+        cache_parsed=not args.reread_input,
     )
     validate(opts)
     return opts

@@ -19,12 +19,16 @@ https://docs.aws.amazon.com/AmazonS3/latest/userguide/acl-overview.html#setting-
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import math
 import random
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from s3lake import aws
 
@@ -240,12 +244,63 @@ def once_client() -> Any:
     return aws.client("s3", max_attempts=1)
 
 
-def chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+# ------------------------------------------------------------------------------ shared by the object jobs
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    """Looked up once per bucket on the driver."""
+
+    acls_enabled: bool
+    owner_id: str | None
+
+
+def bucket_info(bucket: str, copy_acls: bool) -> tuple[BucketInfo, int]:
+    """ACLs enabled? (ObjectOwnership != BucketOwnerEnforced) and the bucket owner's id; plus requests made."""
+    s3 = aws.s3()
+    requests = 1
+    try:
+        rules = s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"]["Rules"]
+        enforced = any(r.get("ObjectOwnership") == "BucketOwnerEnforced" for r in rules)
+    except Exception as exc:  # noqa: BLE001
+        if aws.error_code(exc) != "OwnershipControlsNotFoundError":
+            raise
+        enforced = False
+    owner = None
+    if copy_acls and not enforced:
+        requests += 1
+        owner = s3.get_bucket_acl(Bucket=bucket)["Owner"].get("ID")
+    return BucketInfo(acls_enabled=not enforced, owner_id=owner), requests
+
+
+class Counter:
+    """S3 requests made for one object (thread-confined)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._lock = threading.Lock()
+
+    def add(self, k: int = 1) -> None:
+        with self._lock:
+            self.n += k
+
+
+def default_partitions(candidates: int, parallelism: int) -> int:
+    """Enough tasks to use every core, and more for big inventories so one task stays a few minutes."""
+    return max(1, min(candidates, max(parallelism, math.ceil(candidates / 50000))))
+
+
+def bounded_map(fn: Callable[[Any], R], items: Iterable[Any], concurrency: int) -> Iterator[R]:
+    """``fn`` over ``items`` with at most ``concurrency`` calls in flight, results as they finish.
+
+    A sliding window, not batches: one slow object (a retry, a multipart copy) never idles the others.
+    """
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        pending = {pool.submit(fn, item) for item in itertools.islice(it, concurrency)}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+            for item in itertools.islice(it, len(done)):
+                pending.add(pool.submit(fn, item))

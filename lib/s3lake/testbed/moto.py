@@ -48,7 +48,7 @@ class MotoServer:
         env.update(DUMMY_CREDENTIALS)
         env.pop("AWS_ENDPOINT_URL", None)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "s3lake.testbed.moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=self._log,
             stderr=self._log,
             env=env,

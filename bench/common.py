@@ -1,0 +1,66 @@
+"""Shared bench plumbing: moto + latency proxy in their own processes, a warm local Spark session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import boto3
+from s3lake.testbed import MotoServer
+from s3lake.testbed.proxy import ProxyProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKDIR = ROOT / ".bench"
+
+
+@contextmanager
+def aws_behind_proxy(latency: float) -> Iterator[tuple[str, ProxyProcess]]:
+    """moto, and a proxy adding ``latency`` s per request; AWS_ENDPOINT_URL points at the proxy."""
+    WORKDIR.mkdir(exist_ok=True)
+    moto = MotoServer(log_path=str(WORKDIR / "moto.log"))
+    with moto as upstream:
+        os.environ.update(moto.environ())
+        proxy = ProxyProcess(upstream, latency=latency, log_path=str(WORKDIR / "proxy.log"))
+        with proxy:
+            os.environ["AWS_ENDPOINT_URL"] = proxy.url
+            yield upstream, proxy
+
+
+def direct_client(upstream: str):
+    """A client that bypasses the proxy (for seeding: no latency, not counted)."""
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=upstream, config=Config(max_pool_connections=32))
+
+
+def parallel(fn, items, workers: int = 16) -> list:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def local_spark():
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master("local[2]").appName("s3lake-bench")
+        .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "2").config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.memory", "4g")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    spark.range(1000).selectExpr("sum(id)").collect()  # warm the JVM and a Python worker
+    spark.sparkContext.parallelize(range(4), 2).map(lambda x: x).collect()
+    return spark
+
+
+def per_object(counts: dict, objects: int) -> str:
+    total = sum(counts.values())
+    ops = ", ".join(f"{k} {v / objects:.2f}" for k, v in sorted(counts.items()))
+    return f"{total / objects:.2f} requests/object ({ops})"

@@ -1,0 +1,108 @@
+"""Anonymize JSON-lines objects in place: blank, null, drop, HMAC, mask or redact fields under a rules file.
+
+    spark-submit jobs/anonymize.py \\
+        (--inventory-table DB.TABLE [--inventory-date DT] | --inventory-manifest S3_URL | --source S3_URL) \\
+        --rules PATH_OR_S3_URL --results PATH [--hmac-key-param NAME] [--min-age 300s] \\
+        [--processed-tag PROCESSED=true] [--dry-run] [--run-id ID] [--concurrency N] [--partitions N] \\
+        [--part-size BYTES] [--purge-noncurrent] [--max-failures N]
+
+Each object is replaced atomically under its own key (conditional on the ETag read, every attribute,
+ACL grant and tag kept, plus the processed tag), or only tagged when no line changed. The HMAC key
+comes from the SSM SecureString ``--hmac-key-param`` or the ``S3LAKE_HMAC_KEY`` environment variable.
+Writes one result row per object under ``--results`` (Parquet, partition ``run_id=...``) and prints a
+summary. Exit status: 0, 1 when FAILED objects exceed ``--max-failures``, 2 for bad input (nothing read).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Sequence
+
+from s3lake import anonymize, cli, inventory, results, rules
+from s3lake.errors import ConfigError
+from s3lake.spark import get_session
+
+log = logging.getLogger("s3lake.anonymize")
+
+
+def parse_args(argv: Sequence[str] | None):
+    p = cli.parser("anonymize.py", __doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--inventory-table", metavar="DB.TABLE", help="Glue table over the S3 Inventory (Athena style)")
+    src.add_argument("--inventory-manifest", metavar="S3_URL", help="s3:// URL of a delivery's manifest.json")
+    src.add_argument("--source", metavar="S3_URL", help="s3://bucket/prefix/ to list (ListObjectsV2)")
+    p.add_argument("--inventory-date", metavar="DT", help="partition dt=YYYY-MM-DD-HH-MM (default: the latest)")
+    p.add_argument("--rules", required=True, metavar="PATH_OR_S3_URL", help="JSON rules file")
+    p.add_argument("--results", required=True, metavar="PATH", help="Hadoop path for the results dataset")
+    p.add_argument("--hmac-key-param", metavar="NAME", help="SSM SecureString holding the HMAC key")
+    p.add_argument("--min-age", default="300s", help="skip objects modified more recently (default 300s)")
+    p.add_argument("--processed-tag", default="PROCESSED=true", metavar="KEY=VALUE",
+                   help="tag added to every processed object; objects carrying it are skipped")
+    p.add_argument("--dry-run", action="store_true", help="write nothing; report records and fields per object")
+    p.add_argument("--run-id", help="marker and results partition (default: from the source and the rules)")
+    p.add_argument("--concurrency", type=int, default=16, help="objects in flight per Spark task (default 16)")
+    p.add_argument("--partitions", type=int, help="Spark tasks (default: from the candidate count)")
+    p.add_argument("--part-size", type=int, default=anonymize.DEFAULT_PART_SIZE, metavar="BYTES",
+                   help="multipart part size; outputs above it are streamed (default 8 MiB, min 5 MiB)")
+    p.add_argument("--purge-noncurrent", action="store_true",
+                   help="after a rewrite, delete the version that was read (its data is not anonymized)")
+    p.add_argument("--max-failures", type=int, default=0, help="exit 1 when more objects FAILED (default 0)")
+    args = p.parse_args(argv)
+    if args.inventory_date and not args.inventory_table:
+        p.error("--inventory-date goes with --inventory-table")
+    if args.concurrency < 1 or (args.partitions is not None and args.partitions < 1):
+        p.error("--concurrency and --partitions must be at least 1")
+    if args.part_size < anonymize.MIN_PART_SIZE:
+        p.error("--part-size must be at least 5 MiB (5242880), S3's minimum part size")
+    return args
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Everything that can be wrong with the input fails here, before any object is read.
+    ruleset = rules.load(args.rules).with_key(rules.hmac_key(args.hmac_key_param, os.environ))
+    processed_tag = anonymize.parse_tag(args.processed_tag)
+    min_age = anonymize.parse_min_age(args.min_age)
+    spark = get_session("s3lake-anonymize")
+    results.check_writable(spark, args.results)
+    if args.source:
+        source_id = f"{args.source}@{datetime.now(timezone.utc):%Y-%m-%d}"
+        candidates = anonymize.source_candidates(spark, args.source)
+    else:
+        delivery, frame = inventory.read(spark, args.inventory_table, args.inventory_date, args.inventory_manifest)
+        source_id = delivery.delivery_id
+        candidates = anonymize.inventory_candidates(frame)
+    run_id = args.run_id or anonymize.default_run_id(source_id, ruleset.digest)
+    if "/" in run_id or "=" in run_id:
+        raise ConfigError(f"--run-id must not contain '/' or '=': {run_id!r}")
+    settings = anonymize.Settings(
+        run_id=run_id,
+        rules=ruleset,
+        processed_tag=processed_tag,
+        min_age=min_age,
+        dry_run=args.dry_run,
+        purge_noncurrent=args.purge_noncurrent,
+        concurrency=args.concurrency,
+        part_size=args.part_size,
+    )
+    log.info("run %s over %s with %d rules", run_id, source_id, len(ruleset.rules))
+    summary, _ = anonymize.run(spark, candidates, settings, args.results, args.partitions)
+    title = f"anonymize run {run_id}{' (dry run)' if args.dry_run else ''}"
+    print(results.format_summary(title, summary), flush=True)
+    failed = summary["statuses"].get(results.FAILED, 0)
+    if failed > args.max_failures:
+        print(f"s3lake: {failed} objects FAILED (more than --max-failures {args.max_failures}); "
+              f"see {args.results}/run_id={run_id}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

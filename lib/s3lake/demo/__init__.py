@@ -1,0 +1,1 @@
+"""Local end-to-end demos of every job (`make demo`)."""

@@ -1,0 +1,302 @@
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from s3lake import glue_catalog
+from s3lake import json_to_parquet as j2p
+from s3lake.errors import ConfigError
+from s3lake.testbed.seed import make_glue_database
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCHEMA = T.StructType([
+    T.StructField("id", T.StringType()),
+    T.StructField("ts", T.StringType()),
+    T.StructField("user", T.StructType([
+        T.StructField("uid", T.LongType()),
+        T.StructField("geo", T.StructType([T.StructField("cc", T.StringType())])),
+    ])),
+    T.StructField("tags", T.ArrayType(T.StringType())),
+])
+DATA_COLS = [f.name for f in SCHEMA.fields]
+
+GOOD = [
+    '{"id":"a","ts":1714525200000,"user":{"uid":1,"geo":{"cc":"DE"}},"tags":["x","y"]}',   # epoch ms
+    '{"id":"b","ts":1714608000,"user":{"uid":2,"geo":null},"tags":[]}',                     # epoch s
+    '{"id":"c","ts":"2024-05-01T23:30:00-02:00","user":null,"extra":1,"more":{"k":2}}',     # ISO + drift
+    '{"id":"d","ts":"2024-05-03T10:00:00Z","tags":["z"]}',                                   # ISO, Z
+]
+BAD = [
+    '{"id":"e","ts":1714608000,"user":{"uid":"not-a-number"}}',  # nested type mismatch
+    '{"id":"f","ts":1714608000,"tags":"not-an-array"}',          # array type mismatch
+    '{"id":"g", "ts": 17146',                                    # broken JSON
+    '{"id":"h","user":{"uid":3}}',                               # no timestamp
+    '{"id":"i","ts":"yesterday"}',                               # unparseable timestamp
+]
+
+
+def lines_df(spark, lines):
+    return spark.createDataFrame([(v, "f.json") for v in lines], f"value string, {j2p.FILE} string")
+
+
+def write_input(directory: Path, name: str, lines, *, gz: bool = True) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / (name + (".json.gz" if gz else ".json"))
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return str(path)
+
+
+def options(tmp_path: Path, inputs, **kw) -> j2p.Options:
+    base = dict(inputs=inputs, output=str(tmp_path / "out"), schema=SCHEMA, timestamp_field="ts",
+                partition_by=["dt"], max_bad_fraction=1.0)
+    base.update(kw)
+    return j2p.Options(**base)
+
+
+def layout(root: Path) -> dict[str, int]:
+    """partition dir -> number of Parquet files under it."""
+    found: dict[str, int] = {}
+    for f in root.rglob("*.parquet"):
+        found[str(f.parent.relative_to(root))] = found.get(str(f.parent.relative_to(root)), 0) + 1
+    return found
+
+
+def test_parses_nested_fields_and_all_timestamp_styles_and_flags_bad_records(spark):
+    got = j2p.with_partitions(j2p.parse_records(lines_df(spark, GOOD + BAD), SCHEMA, "ts"), ["dt"])
+    got = got.select("id", "user", "tags", "dt", j2p.REASON, j2p.UNKNOWN).orderBy("id")
+    user = T.StructType(SCHEMA["user"].dataType.fields)
+    expected = spark.createDataFrame(
+        [
+            ("a", (1, ("DE",)), ["x", "y"], "2024-05-01", None, 0),
+            ("b", (2, None), [], "2024-05-02", None, 0),
+            ("c", None, None, "2024-05-02", None, 2),
+            ("d", None, ["z"], "2024-05-03", None, 0),
+            (None, None, None, None, j2p.BAD_MALFORMED, 0),
+            ("e", (None, None), None, None, j2p.BAD_MALFORMED, 0),
+            ("f", None, None, None, j2p.BAD_MALFORMED, 0),
+            ("h", (3, None), None, None, j2p.BAD_TS_MISSING, 0),
+            ("i", None, None, None, j2p.BAD_TS_UNPARSEABLE, 0),
+        ],
+        T.StructType([
+            T.StructField("id", T.StringType()), T.StructField("user", user),
+            T.StructField("tags", T.ArrayType(T.StringType())), T.StructField("dt", T.StringType()),
+            T.StructField(j2p.REASON, T.StringType()), T.StructField(j2p.UNKNOWN, T.IntegerType(), False),
+        ]),
+    ).orderBy("id")
+    assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_bad_rows_keep_their_raw_line_and_good_rows_do_not(spark):
+    got = j2p.parse_records(lines_df(spark, GOOD[:1] + BAD[2:3]), SCHEMA, "ts").select(j2p.RAW)
+    expected = spark.createDataFrame([(None,), (BAD[2],)], f"{j2p.RAW} string")
+    assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_partition_columns_year_month_day_hour_in_utc(spark):
+    df = j2p.parse_records(lines_df(spark, GOOD[2:3]), SCHEMA, "ts")
+    got = j2p.with_partitions(df, ["year", "month", "day", "hour"]).select("year", "month", "day", "hour")
+    expected = spark.createDataFrame([("2024", "05", "02", "01")], "year string, month string, day string, hour string")
+    assert_df_equality(got, expected, ignore_nullable=True)
+
+
+def test_dedup_keeps_the_earliest_record_per_key(spark):
+    lines = [
+        '{"id":"a","ts":"2024-05-01T10:00:00Z","tags":["late"]}',
+        '{"id":"a","ts":"2024-05-01T09:00:00Z","tags":["early"]}',
+        '{"id":"b","ts":"2024-05-01T09:00:00Z","tags":["only"]}',
+    ]
+    df = j2p.parse_records(lines_df(spark, lines), SCHEMA, "ts")
+    got = j2p.dedup(df, ["id"], DATA_COLS).select("id", "tags")
+    expected = spark.createDataFrame([("a", ["early"]), ("b", ["only"])], "id string, tags array<string>")
+    assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_writes_partitions_quarantines_bad_records_and_a_rerun_is_identical(spark, tmp_path):
+    inputs = [write_input(tmp_path / "in", "part-1", GOOD[:2] + BAD), write_input(tmp_path / "in", "part-2", GOOD[2:])]
+    opts = options(tmp_path, inputs, max_records_per_file=1)
+
+    first = j2p.convert(spark, opts)
+    out = Path(opts.output)
+    files_first = layout(out)
+    data_first = spark.read.parquet(opts.output).orderBy("id").collect()
+    second = j2p.convert(spark, opts)
+
+    assert first == second
+    assert first["input_records"] == 9 and first["bad_records"] == 5 and first["written_records"] == 4
+    assert first["bad_by_reason"] == {j2p.BAD_MALFORMED: 3, j2p.BAD_TS_MISSING: 1, j2p.BAD_TS_UNPARSEABLE: 1}
+    assert first["unknown_fields_ignored"] == 2 and first["records_with_unknown_fields"] == 1
+    # one record per file (--max-records-per-file 1): 2024-05-02 holds b and c; no empty files
+    assert files_first == {"dt=2024-05-01": 1, "dt=2024-05-02": 2, "dt=2024-05-03": 1} == layout(out)
+    assert spark.read.parquet(opts.output).orderBy("id").collect() == data_first
+    assert [r["id"] for r in data_first] == ["a", "b", "c", "d"]
+
+    bad_dir = Path(first["bad_records_path"])
+    assert bad_dir.parent == tmp_path / "out_bad_records"
+    bad = spark.read.json(str(bad_dir))
+    expected = spark.createDataFrame(
+        [(Path(inputs[0]).name, reason, raw) for raw, reason in zip(BAD, [j2p.BAD_MALFORMED] * 3 + [
+            j2p.BAD_TS_MISSING, j2p.BAD_TS_UNPARSEABLE])],
+        "input_file string, reason string, record string",
+    )
+    got = bad.withColumn("input_file", F.element_at(F.split("input_file", "/"), -1))
+    assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True, ignore_column_order=True)
+
+
+def test_overwrite_replaces_only_the_partitions_in_the_input(spark, tmp_path):
+    first = write_input(tmp_path / "in1", "x", GOOD[:2])    # 2024-05-01, 2024-05-02
+    j2p.convert(spark, options(tmp_path, [first]))
+    replacement = write_input(tmp_path / "in2", "y", ['{"id":"b2","ts":1714608000}'])  # 2024-05-02 only
+    j2p.convert(spark, options(tmp_path, [replacement]))
+    got = spark.read.parquet(str(tmp_path / "out")).select("id", F.col("dt").cast("string"))
+    expected = spark.createDataFrame([("a", "2024-05-01"), ("b2", "2024-05-02")], "id string, dt string")
+    assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_too_many_bad_records_fails_without_touching_the_output(spark, tmp_path):
+    inputs = [write_input(tmp_path / "in", "bad", GOOD[:1] + BAD)]
+    with pytest.raises(j2p.TooManyBadRecords, match="5 of 6 records are bad"):
+        j2p.convert(spark, options(tmp_path, inputs, max_bad_fraction=0.5))
+    assert not (tmp_path / "out").exists()
+    assert len(list((tmp_path / "out_bad_records").rglob("*.json"))) == 1
+
+
+def test_dedup_key_end_to_end(spark, tmp_path):
+    dup = ['{"id":"a","ts":1714525200000}', '{"id":"a","ts":1714525200000}', '{"id":"z","ts":1714525200}']
+    summary = j2p.convert(spark, options(tmp_path, [write_input(tmp_path / "in", "d", dup, gz=False)],
+                                         dedup_keys=["id"], cache_parsed=False))
+    assert (summary["written_records"], summary["duplicates_dropped"]) == (2, 1)
+
+
+def test_registers_glue_table_and_partitions(spark, tmp_path, glue, unique):
+    db = make_glue_database(f"lake_{unique}")
+    table = f"{db}.events"
+    opts = options(tmp_path, [write_input(tmp_path / "in", "g", GOOD)], table=table)
+    summary = j2p.convert(spark, opts)
+    assert summary["glue"] == {"created": 3, "updated": 0}
+    assert j2p.convert(spark, opts)["glue"] == {"created": 0, "updated": 3}
+
+    meta = glue.get_table(DatabaseName=db, Name="events")["Table"]
+    sd = meta["StorageDescriptor"]
+    assert meta["TableType"] == "EXTERNAL_TABLE"
+    assert meta["PartitionKeys"] == [{"Name": "dt", "Type": "string"}]
+    assert sd["Location"] == opts.output + "/"
+    assert sd["SerdeInfo"]["SerializationLibrary"] == "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+    assert sd["InputFormat"] == "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
+    assert sd["Columns"] == [
+        {"Name": "id", "Type": "string"},
+        {"Name": "ts", "Type": "string"},
+        {"Name": "user", "Type": "struct<uid:bigint,geo:struct<cc:string>>"},
+        {"Name": "tags", "Type": "array<string>"},
+    ]
+    parts = glue.get_partitions(DatabaseName=db, TableName="events")["Partitions"]
+    assert sorted((p["Values"], p["StorageDescriptor"]["Location"]) for p in parts) == [
+        (["2024-05-01"], f"{opts.output}/dt=2024-05-01/"),
+        (["2024-05-02"], f"{opts.output}/dt=2024-05-02/"),
+        (["2024-05-03"], f"{opts.output}/dt=2024-05-03/"),
+    ]
+    for part in parts:  # every registered partition location holds data
+        assert list(Path(part["StorageDescriptor"]["Location"]).glob("*.parquet"))
+    assert glue_catalog.schema_from_table(table) == SCHEMA
+
+
+def test_shipped_emr_configuration_enables_the_s3_optimized_committer_and_protocol():
+    conf = json.loads((ROOT / "conf" / "emr-configurations.json").read_text())
+    props = next(c["Properties"] for c in conf if c["Classification"] == "spark-defaults")
+    assert props["spark.sql.parquet.fs.optimized.committer.optimization-enabled"] == "true"
+    assert props["spark.sql.parquet.output.committer.class"] == j2p.EMR_PARQUET_COMMITTER
+    assert props["spark.sql.sources.commitProtocolClass"] == j2p.EMR_COMMIT_PROTOCOL
+    assert props["spark.hadoop.fs.s3.impl"] == j2p.EMRFS  # EMR 7.10+ would otherwise use S3A
+    assert props.get("spark.hadoop.fs.s3.impl.disable.cache", "false") == "false"
+    assert props.get("spark.speculation", "false") == "false"
+    effective = {k: props.get(k, props.get(f"spark.hadoop.{k}")) for k in j2p.COMMITTER_KEYS}
+    assert j2p.committer_conflicts(effective, on_emr=True, mode="overwrite-partitions") == []
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"spark.sql.parquet.output.committer.class": "org.apache.parquet.hadoop.ParquetOutputCommitter"},
+        {"spark.sql.sources.commitProtocolClass": j2p.SPARK_COMMIT_PROTOCOL},
+        {"spark.sql.parquet.fs.optimized.committer.optimization-enabled": "false"},
+        {"fs.s3.impl.disable.cache": "true"},
+        {"fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem"},
+    ],
+)
+def test_settings_that_silently_disable_the_emr_committer_are_refused(setting):
+    conf = {"spark.sql.parquet.output.committer.class": j2p.EMR_PARQUET_COMMITTER,
+            "spark.sql.sources.commitProtocolClass": j2p.EMR_COMMIT_PROTOCOL, "fs.s3.impl": j2p.EMRFS}
+    conf.update(setting)
+    assert j2p.committer_conflicts(conf, on_emr=True, mode="overwrite-partitions")
+
+
+def test_job_refuses_a_conflicting_commit_protocol_and_sets_none_itself(spark, tmp_path):
+    before = {k: spark.conf.get(k, None) for k in j2p.COMMITTER_KEYS if k.startswith("spark.sql")}
+    j2p.convert(spark, options(tmp_path, [write_input(tmp_path / "in", "c", GOOD[:1])]))
+    assert {k: spark.conf.get(k, None) for k in before} == before
+    spark.conf.set("spark.sql.sources.commitProtocolClass", "com.example.MyProtocol")
+    try:
+        with pytest.raises(ConfigError, match="commitProtocolClass=com.example.MyProtocol"):
+            j2p.convert(spark, options(tmp_path, [write_input(tmp_path / "in", "c", GOOD[:1])]))
+    finally:
+        spark.conf.unset("spark.sql.sources.commitProtocolClass")
+
+
+def _job():
+    spec = importlib.util.spec_from_file_location("job_json_to_parquet", ROOT / "jobs" / "json_to_parquet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "schema_text,message",
+    [
+        (None, "s3lake: error: cannot read schema file"),
+        ("{not json", "s3lake: error: schema file .* is not valid JSON"),
+        ('{"type": "struct", "fields": [{"name": "a"}]}', "s3lake: error: schema file .* is not a Spark StructType"),
+    ],
+)
+def test_bad_schema_gives_one_clear_line(tmp_path, capsys, schema_text, message):
+    schema = tmp_path / "schema.json"
+    if schema_text is not None:
+        schema.write_text(schema_text)
+    argv = ["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--schema", str(schema),
+            "--timestamp-field", "ts"]
+    assert _job().main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert __import__("re").match(message, err)
+
+
+def test_cli_converts_with_the_shipped_example_schema(spark, tmp_path, capsys):
+    import random
+
+    from s3lake.demo.json_to_parquet import firehose_record
+
+    rng = random.Random(1)
+    path = write_input(tmp_path / "in", "fh", [json.dumps(firehose_record(rng, i)) for i in range(30)])
+    argv = ["--input", os.path.dirname(path), "--output", str(tmp_path / "o"),
+            "--schema", str(ROOT / "conf" / "schemas" / "firehose-events.json"),
+            "--timestamp-field", "event_time", "--partition-by", "year/month/day", "--dedup-key", "event_id"]
+    assert _job().main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["json_to_parquet"]
+    assert (summary["input_records"], summary["bad_records"], summary["written_records"]) == (30, 0, 30)
+    assert all(p.name.startswith("day=") for p in (tmp_path / "o").glob("year=2024/month=05/*"))
+
+
+def test_invalid_options_are_config_errors():
+    with pytest.raises(ConfigError, match="--partition-by"):
+        j2p.parse_partition_by("week")
+    with pytest.raises(ConfigError, match="--timestamp-field"):
+        j2p.validate(j2p.Options(inputs=["x"], output="o", schema=SCHEMA, timestamp_field="nope"))
+    with pytest.raises(ConfigError, match="DB.TABLE"):
+        glue_catalog.split_table_name("no_dot")

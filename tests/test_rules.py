@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import pytest
+from s3lake import anonymize, rules
+from s3lake.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = rules.Secret(b"test-key")
+
+
+def H(text: str, key: bytes = b"test-key") -> str:
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def ruleset(*specs, key=KEY):
+    return rules.parse_rules(list(specs)).with_key(key)
+
+
+def applied(record, *specs):
+    changed = ruleset(*specs).apply(record)
+    return record, changed
+
+
+# ------------------------------------------------------------------------------------------- actions
+
+
+def test_blank_null_and_drop_change_only_fields_that_exist():
+    record, changed = applied(
+        {"file_contents": "secret", "a": 1, "b": "x", "keep": True},
+        {"path": "file_contents", "action": "blank"},
+        {"path": "a", "action": "null"},
+        {"path": "b", "action": "drop"},
+        {"path": "absent", "action": "blank"},
+        {"path": "also.absent", "action": "drop"},
+    )
+    assert record == {"file_contents": "", "a": None, "keep": True}
+    assert changed == ["file_contents", "a", "b"]
+
+
+def test_already_blank_and_null_values_count_as_unchanged():
+    record, changed = applied({"f": "", "g": None}, {"path": "f", "action": "blank"},
+                              {"path": "g", "action": "blank"}, {"path": "g", "action": "hmac"})
+    assert record == {"f": "", "g": None} and changed == []
+
+
+def test_nested_and_array_paths_reach_every_element():
+    record, changed = applied(
+        {"user": {"email": "a@x.io", "name": "Ann"}, "items": [{"note": "n1"}, {"other": 1}, "scalar", {"note": "n2"}],
+         "tags": ["t1", "t2"], "notalist": {"note": "kept"}},
+        {"path": "user.email", "action": "hmac"},
+        {"path": "items[].note", "action": "blank"},
+        {"path": "tags[]", "action": "hmac"},
+        {"path": "notalist[].note", "action": "blank"},
+    )
+    assert record == {"user": {"email": H("a@x.io"), "name": "Ann"},
+                      "items": [{"note": ""}, {"other": 1}, "scalar", {"note": ""}],
+                      "tags": [H("t1"), H("t2")], "notalist": {"note": "kept"}}
+    assert changed == ["user.email", "items[].note", "tags[]"]
+
+
+def test_a_path_through_a_scalar_or_missing_parent_adds_nothing():
+    record, changed = applied({"user": "just a string", "x": [1, 2]},
+                              {"path": "user.email", "action": "blank"}, {"path": "x[].y", "action": "null"},
+                              {"path": "nope.deeper", "action": "drop"})
+    assert record == {"user": "just a string", "x": [1, 2]} and changed == []
+
+
+def test_hmac_is_keyed_deterministic_hex_and_hashes_non_strings_as_json():
+    one = ruleset({"path": "v", "action": "hmac"})
+    other = ruleset({"path": "v", "action": "hmac"}, key=rules.Secret(b"another-key"))
+    a, b, c = {"v": "alice@example.com"}, {"v": "alice@example.com"}, {"v": "alice@example.com"}
+    one.apply(a)
+    one.apply(b)
+    other.apply(c)
+    assert a == b == {"v": H("alice@example.com")} and len(a["v"]) == 64
+    assert c["v"] == H("alice@example.com", b"another-key") != a["v"]
+    n = {"v": {"b": 1, "a": [1, 2]}}
+    one.apply(n)
+    assert n["v"] == H('{"a":[1,2],"b":1}')
+
+
+def test_mask_keeps_length_and_shape_and_optionally_the_last_characters():
+    record, _ = applied({"name": "Zoë O'Neil", "card": "4111-1111-1111-1234", "n": 12345, "deep": {"x": ["ab", 7]}},
+                        {"path": "name", "action": "mask"},
+                        {"path": "card", "action": "mask", "char": "#", "keep_last": 4},
+                        {"path": "n", "action": "mask"}, {"path": "deep", "action": "mask"})
+    assert record == {"name": "*** *'****", "card": "####-####-####-1234", "n": "*****",
+                      "deep": {"x": ["**", "*"]}}
+
+
+def test_redact_replaces_emails_and_ipv4_anywhere_in_a_field_including_nested_strings():
+    record, changed = applied(
+        {"msg": "mail bob@corp.example from 10.0.0.255, not 999.1.1.1", "ctx": {"hops": ["1.2.3.4", 5]},
+         "clean": "nothing here"},
+        {"path": "msg", "action": "redact", "patterns": [{"builtin": "email", "hmac": True},
+                                                        {"builtin": "ipv4", "replace": "[IP]"}]},
+        {"path": "ctx", "action": "redact", "patterns": [{"builtin": "ipv4"}]},
+        {"path": "clean", "action": "redact", "patterns": [{"regex": r"\d+"}]},
+    )
+    assert record == {"msg": f"mail {H('bob@corp.example')} from [IP], not 999.1.1.1",
+                      "ctx": {"hops": ["[REDACTED]", 5]}, "clean": "nothing here"}
+    assert changed == ["msg", "ctx"]
+
+
+def test_redact_replacement_may_use_groups():
+    pattern = {"regex": r"user=(\w)\w*", "replace": r"user=\1…"}
+    record, _ = applied({"m": "user=alice id=7"}, {"path": "m", "action": "redact", "patterns": [pattern]})
+    assert record == {"m": "user=a… id=7"}
+
+
+# ---------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("doc,message", [
+    ([], "non-empty JSON list"),
+    ({"rules": "x"}, "non-empty JSON list"),
+    ([{"path": "a", "action": "shred"}], "unknown action 'shred'"),
+    ([{"path": "a..b", "action": "blank"}], "bad rule path"),
+    ([{"path": "a[0]", "action": "blank"}], "bad rule path"),
+    ([{"path": "", "action": "blank"}], "non-empty string"),
+    ([{"path": "a[]", "action": "drop"}], "drop needs a field name"),
+    ([{"path": "a", "action": "blank", "char": "#"}], "unknown option"),
+    ([{"path": "a", "action": "mask", "char": "##"}], "one character"),
+    ([{"path": "a", "action": "mask", "keep_last": -1}], "non-negative"),
+    ([{"path": "a", "action": "redact"}], "non-empty 'patterns'"),
+    ([{"path": "a", "action": "redact", "patterns": [{"regex": "(unclosed"}]}], "bad regex"),
+    ([{"path": "a", "action": "redact", "patterns": [{"regex": "x", "replace": r"\2"}]}], "bad 'replace'"),
+    ([{"path": "a", "action": "redact", "patterns": [{"builtin": "ssn"}]}], "unknown builtin"),
+    ([{"path": "a", "action": "redact", "patterns": [{"regex": "x", "builtin": "email"}]}], "exactly one"),
+])
+def test_invalid_rules_are_config_errors(doc, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        rules.parse_rules(doc)
+
+
+def test_hmac_rules_without_a_key_are_a_startup_error():
+    parsed = rules.parse_rules([{"path": "a", "action": "redact", "patterns": [{"builtin": "email", "hmac": True}]}])
+    with pytest.raises(ConfigError, match="no key was given.*--hmac-key-param"):
+        parsed.with_key(None)
+    assert rules.parse_rules([{"path": "a", "action": "blank"}]).with_key(None).rules
+
+
+def test_secret_never_shows_in_repr():
+    assert "test-key" not in repr(KEY) + str(KEY) + repr(ruleset({"path": "a", "action": "hmac"}))
+
+
+def test_shipped_rules_files_load(tmp_path):
+    blank = rules.load(str(ROOT / "conf/anonymize/file-contents.json"))
+    assert [(r.path, r.action) for r in blank.rules] == [("file_contents", "blank")] and not blank.needs_key
+    rich = rules.load(str(ROOT / "conf/anonymize/security-lake.json"))
+    assert rich.needs_key and len(rich.digest) == 64
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        rules.load(str(bad))
+    with pytest.raises(ConfigError, match="cannot read rules file"):
+        rules.load(str(tmp_path / "missing.json"))
+
+
+def test_rules_and_hmac_key_come_from_s3_and_ssm_securestring(moto_server, s3, unique):
+    s3.create_bucket(Bucket=f"rules-{unique}")
+    s3.put_object(Bucket=f"rules-{unique}", Key="r.json", Body=b'[{"path": "e", "action": "hmac"}]')
+    from s3lake import aws
+
+    aws.client("ssm").put_parameter(Name=f"/s3lake/{unique}/hmac", Value="ssm-key", Type="SecureString")
+
+    loaded = rules.load(f"s3://rules-{unique}/r.json")
+    key = rules.hmac_key(f"/s3lake/{unique}/hmac", {"S3LAKE_HMAC_KEY": "env-key"})
+    record = {"e": "x"}
+    loaded.with_key(key).apply(record)
+
+    assert record == {"e": H("x", b"ssm-key")}
+    assert rules.hmac_key(None, {"S3LAKE_HMAC_KEY": "env-key"}).reveal() == b"env-key"
+    assert rules.hmac_key(None, {}) is None
+    with pytest.raises(ConfigError, match="ParameterNotFound"):
+        rules.hmac_key(f"/s3lake/{unique}/nope", {})
+
+
+# ------------------------------------------------------------------------------------- lines and bytes
+
+
+def test_untouched_lines_stay_byte_identical_and_changed_lines_keep_their_style():
+    rs = ruleset({"path": "f", "action": "blank"})
+    untouched = b'{"g":  1.50, "h": "\\u00e9"}\r\n'
+    assert anonymize.rewrite_line(untouched, rs) == (None, [])
+    assert anonymize.rewrite_line(b'{"f": "x", "e": "\\u00e9"}\r\n', rs) == (b'{"f": "", "e": "\\u00e9"}\r\n', ["f"])
+    assert anonymize.rewrite_line('{"f":"x","e":"é"}'.encode(), rs) == ('{"f":"","e":"é"}'.encode(), ["f"])
+    assert anonymize.rewrite_line(b"   \n", rs) == (None, [])
+
+
+@pytest.mark.parametrize("line", [b'{"f": NaN}\n', b'{"f": 1\n', b"\xff\xfe\n", b"plain text\n"])
+def test_non_json_lines_raise(line):
+    with pytest.raises(ValueError):
+        anonymize.rewrite_line(line, ruleset({"path": "f", "action": "blank"}))
+
+
+def test_lines_split_across_chunks_and_a_missing_final_newline_are_kept():
+    chunks = [b'{"a":', b'1}\n{"b"', b":2}\n", b'{"c":3}']
+    assert list(anonymize.iter_lines(chunks)) == [b'{"a":1}\n', b'{"b":2}\n', b'{"c":3}']
+    with pytest.raises(anonymize.BadLine, match="line 2: longer than 10 bytes"):
+        list(anonymize.iter_lines([b"short\n", b"x" * 8, b"y" * 8], max_line=10))
+
+
+def test_multi_member_gzip_is_read_whole():
+    raw = gzip.compress(b'{"a":1}\n') + gzip.compress(b'{"b":2}\n')
+    stats = anonymize.Stats()
+    got = b"".join(anonymize.decoded_chunks([raw[:5], raw[5:]], True, stats))
+    assert got == b'{"a":1}\n{"b":2}\n' and stats.bytes_in == len(raw)
+    with pytest.raises(anonymize.BadLine, match="not gzip"):
+        list(anonymize.decoded_chunks([b"plain"], True, anonymize.Stats()))
+
+
+@pytest.mark.parametrize("text,seconds", [("300", 300), ("300s", 300), ("5m", 300), ("2h", 7200), ("1d", 86400)])
+def test_min_age_units(text, seconds):
+    assert anonymize.parse_min_age(text) == seconds
+
+
+def test_bad_options_are_config_errors():
+    for call in (lambda: anonymize.parse_min_age("soon"), lambda: anonymize.parse_tag("PROCESSED"),
+                 lambda: anonymize.parse_tag("aws:x=1")):
+        with pytest.raises(ConfigError):
+            call()
+    assert anonymize.parse_tag("PROCESSED=true") == ("PROCESSED", "true")
+
+
+def test_tags_merge_replaces_the_processed_key_and_refuses_an_eleventh():
+    tags = [{"Key": "a", "Value": "1"}, {"Key": "PROCESSED", "Value": "false"}]
+    assert anonymize.merge_tags(tags, ("PROCESSED", "true")) == [{"Key": "a", "Value": "1"},
+                                                                  {"Key": "PROCESSED", "Value": "true"}]
+    with pytest.raises(anonymize.TooManyTags, match="exceed S3's 10"):
+        anonymize.merge_tags([{"Key": f"k{i}", "Value": "v"} for i in range(10)], ("PROCESSED", "true"))
+    assert anonymize.tagging_header([{"Key": "a b", "Value": "x&y=z"}]) == "a%20b=x%26y%3Dz"
+
+
+def test_rules_digest_is_part_of_the_default_run_id():
+    one = anonymize.default_run_id("src/daily/2026-11-24T00-00Z", "a" * 64)
+    assert one == anonymize.default_run_id("src/daily/2026-11-24T00-00Z", "a" * 64)
+    assert one != anonymize.default_run_id("src/daily/2026-11-24T00-00Z", "b" * 64)
+    assert "/" not in one and "=" not in one
+
+
+def test_fields_changed_is_sorted_json():
+    stats = anonymize.Stats()
+    stats.fields.update(["b", "a", "b"])
+    assert json.loads(stats.fields_json()) == {"a": 1, "b": 2}
