@@ -17,6 +17,28 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKDIR = ROOT / ".bench"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process (Linux /proc), to show where a CPU-bound run spends it."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class EndpointCpu:
+    """CPU used by the local endpoint (moto + proxy processes) between start() and stop()."""
+
+    def __init__(self, *procs) -> None:
+        self.pids = [p._proc.pid for p in procs]
+        self.seconds = 0.0
+
+    def __enter__(self) -> EndpointCpu:
+        self._t0 = sum(cpu_seconds(pid) for pid in self.pids)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = sum(cpu_seconds(pid) for pid in self.pids) - self._t0
+
+
 @contextmanager
 def aws_behind_proxy(latency: float) -> Iterator[tuple[str, ProxyProcess]]:
     """moto, and a proxy adding ``latency`` s per request; AWS_ENDPOINT_URL points at the proxy."""
@@ -27,6 +49,7 @@ def aws_behind_proxy(latency: float) -> Iterator[tuple[str, ProxyProcess]]:
         proxy = ProxyProcess(upstream, latency=latency, log_path=str(WORKDIR / "proxy.log"))
         with proxy:
             os.environ["AWS_ENDPOINT_URL"] = proxy.url
+            proxy.moto = moto  # so benchmarks can read the endpoint's CPU use
             yield upstream, proxy
 
 
