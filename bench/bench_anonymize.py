@@ -88,21 +88,9 @@ def _seed(small: int, large: Path) -> None:
 
 
 def _session():
-    from pyspark.sql import SparkSession
+    from s3lake.testbed.spark import local_session
 
-    spark = (
-        SparkSession.builder.master(os.environ.get("BENCH_SPARK_MASTER", "local[2]"))
-        .appName("bench-anonymize")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.memory", "2g")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.default.parallelism", "2")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
+    return local_session("bench-anonymize", master=os.environ.get("BENCH_SPARK_MASTER", "local[2]"))
 
 
 def _baseline(spark, prefix: str) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Iterator
 import boto3
 from s3lake.testbed import MotoServer
 from s3lake.testbed.proxy import ProxyProcess
+from s3lake.testbed.spark import local_session
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKDIR = ROOT / ".bench"
@@ -66,19 +66,9 @@ def parallel(fn, items, workers: int = 16) -> list:
 
 
 def local_spark():
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from pyspark.sql import SparkSession
-
-    spark = (
-        SparkSession.builder.master("local[2]").appName("s3lake-bench")
-        .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "2").config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.memory", "4g")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    spark.range(1000).selectExpr("sum(id)").collect()  # warm the JVM and a Python worker
+    """The bench session, warmed up (JVM and a Python worker) before anything is timed."""
+    spark = local_session("s3lake-bench", driver_memory="4g")
+    spark.range(1000).selectExpr("sum(id)").collect()
     spark.sparkContext.parallelize(range(4), 2).map(lambda x: x).collect()
     return spark
 

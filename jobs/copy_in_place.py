@@ -78,13 +78,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     candidates = copy_in_place.select_candidates(frame, statuses)
     summary, _ = copy_in_place.run(spark, candidates, settings, args.results, args.partitions)
     title = f"copy-in-place run {run_id}{' (dry run)' if args.dry_run else ''}"
-    print(results.format_summary(title, summary), flush=True)
-    failed = summary["statuses"].get(results.FAILED, 0)
-    if failed > args.max_failures:
-        print(f"s3lake: {failed} objects FAILED (more than --max-failures {args.max_failures}); "
-              f"see {args.results}/run_id={run_id}", file=sys.stderr)
-        return 1
-    return 0
+    return results.report(title, summary, args.max_failures, args.results, run_id)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

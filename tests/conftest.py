@@ -1,9 +1,9 @@
-"""The test bed: one moto server per session on a free loopback port, one local[2] SparkSession."""
+"""The test bed: one moto server per session on a free loopback port behind a fault proxy, one local[2]
+SparkSession."""
 
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 
 import pytest
@@ -11,14 +11,29 @@ from s3lake.testbed import MotoServer
 
 
 @pytest.fixture(scope="session")
-def moto_server(tmp_path_factory):
-    """The session's moto server; the environment points boto3, pyarrow and the AWS CLI at it."""
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    server = MotoServer(log_path=str(log))
+def _testbed(tmp_path_factory):
+    """The session's moto server and, in front of it, a fault proxy (no latency, no faults by default).
+
+    The environment points boto3, pyarrow and the AWS CLI at the proxy, so Spark's Python workers (which
+    inherit the environment once, when they start) route through it too; tests that inject faults
+    configure the ``s3_proxy`` fixture and must set its faults back to None.
+    """
+    from s3lake.testbed.proxy import ProxyProcess
+
+    logs = tmp_path_factory.mktemp("moto")
+    server = MotoServer(log_path=str(logs / "moto.log"))
     server.start()
-    saved = {k: os.environ.get(k) for k in server.environ()}
-    os.environ.update(server.environ())
-    yield server.url
+    proxy = ProxyProcess(server.url, log_path=str(logs / "proxy.log"))
+    try:
+        proxy.start()
+    except BaseException:
+        server.stop()
+        raise
+    env = {**server.environ(), **proxy.environ()}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield server, proxy
+    proxy.stop()
     server.stop()
     for k, v in saved.items():
         if v is None:
@@ -28,27 +43,23 @@ def moto_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def moto_server(_testbed):
+    """The moto server's own URL (bypasses the proxy); ``AWS_ENDPOINT_URL`` is the proxy's."""
+    return _testbed[0].url
+
+
+@pytest.fixture(scope="session")
+def s3_proxy(_testbed):
+    """The session's :class:`~s3lake.testbed.proxy.ProxyProcess` between every client and moto."""
+    return _testbed[1]
+
+
+@pytest.fixture(scope="session")
 def spark(moto_server):
     """Depends on moto_server so Python workers inherit AWS_ENDPOINT_URL when they fork."""
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from pyspark.sql import SparkSession
+    from s3lake.testbed.spark import local_session
 
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("s3lake-tests")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.default.parallelism", "2")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.memory", "2g")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
+    session = local_session("s3lake-tests")
     yield session
     session.stop()
 

@@ -6,6 +6,7 @@ same run id replaces that partition only (dynamic partition overwrite).
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
@@ -117,3 +118,14 @@ def format_summary(title: str, summary: Mapping[str, Any]) -> str:
     for status, n in summary["statuses"].items():
         lines.append(f"  {status:<22} {n}")
     return "\n".join(lines)
+
+
+def report(title: str, summary: Mapping[str, Any], max_failures: int, path: str, run_id: str) -> int:
+    """Print the run's summary; exit status 1 when more objects FAILED than ``max_failures`` allows."""
+    print(format_summary(title, summary), flush=True)
+    failed = summary["statuses"].get(FAILED, 0)
+    if failed > max_failures:
+        print(f"s3lake: {failed} objects FAILED (more than --max-failures {max_failures}); "
+              f"see {path.rstrip('/')}/run_id={run_id}", file=sys.stderr)
+        return 1
+    return 0

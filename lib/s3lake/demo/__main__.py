@@ -18,23 +18,9 @@ import time
 from pathlib import Path
 
 from s3lake.testbed import MotoServer
+from s3lake.testbed.spark import local_session
 
 STEPS = ("copy-in-place", "anonymize", "json-to-parquet")
-
-
-def _local_spark():
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from pyspark.sql import SparkSession
-
-    spark = (
-        SparkSession.builder.master("local[2]").appName("s3lake-demo")
-        .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "4").config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             if step == "copy-in-place":
                 code = module.run(str(workdir))
             else:
-                spark = spark or _local_spark()
+                spark = spark or local_session("s3lake-demo", shuffle_partitions=4)
                 code = module.run(str(workdir / step), spark) or 0
             print(f"--- {step}: {'ok' if not code else f'FAILED ({code})'} in {time.monotonic() - started:.1f} s\n",
                   flush=True)
