@@ -39,14 +39,13 @@ def object_state(bucket: str, key: str, *, with_acl: bool = True) -> dict[str, A
     """Everything a user can observe about an object: HEAD fields, ACL, tags, bytes, version count."""
     s3 = aws.s3()
     head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-    try:
+    # moto refuses GET, tagging and ACL reads on archived objects (S3 refuses only the GET)
+    archived = head.get("StorageClass") in ("GLACIER", "DEEP_ARCHIVE") and not head.get("Restore")
+    if archived:
+        digest, tags = "archived", [{"Key": "?", "Value": "archived"}]
+    else:
         digest = hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
-    except s3.exceptions.InvalidObjectState:  # archived, not restored: bytes not readable
-        digest = "archived"
-    try:
         tags = s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
-    except s3.exceptions.InvalidObjectState:  # moto refuses tagging reads on archived objects
-        tags = [{"Key": "?", "Value": "archived"}]
     state: dict[str, Any] = {
         "content_type": head.get("ContentType"),
         "cache_control": head.get("CacheControl"),
@@ -69,10 +68,7 @@ def object_state(bucket: str, key: str, *, with_acl: bool = True) -> dict[str, A
         "versions": count_versions(bucket, key),
     }
     if with_acl:
-        try:
-            acl = s3.get_object_acl(Bucket=bucket, Key=key)
-        except s3.exceptions.InvalidObjectState:  # moto refuses ACL reads on archived objects
-            acl = {"Owner": {"ID": "archived"}, "Grants": []}
+        acl = {"Owner": {"ID": "archived"}, "Grants": []} if archived else s3.get_object_acl(Bucket=bucket, Key=key)
         state["owner"] = acl["Owner"].get("ID")
         state["grants"] = sorted(json.dumps(g, sort_keys=True) for g in acl["Grants"])
     return state
