@@ -18,7 +18,7 @@ import botocore.retries.standard
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
 from s3lake.testbed.proxy import OBJECT_WRITES, FaultPlan, ProxyProcess, S3Proxy, s3_operation
 
 
@@ -292,6 +292,52 @@ def test_drop_after_applies_the_write_but_loses_the_response(proxy, bucket, s3):
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"applied"
     assert proxy.fault_counts() == {("drop_after", "PutObject"): 1}
     assert s3p.get_object(Bucket=bucket, Key="k")["Body"].read() == b"applied"  # the client recovers
+
+
+def test_truncate_sends_half_the_body_then_closes(proxy, bucket, s3):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x" * 100_000)
+    proxy.configure(faults=FaultPlan(truncate=1.0, operations={"GetObject", "PutObject"}))
+    s3p = client(proxy.url)
+    response = s3p.get_object(Bucket=bucket, Key="k")
+    assert response["ContentLength"] == 100_000
+    with pytest.raises((HTTPClientError, IncompleteReadError)):
+        b"".join(response["Body"].iter_chunks(1 << 20))
+    with pytest.raises(HTTPClientError):
+        s3p.put_object(Bucket=bucket, Key="p", Body=b"applied")  # no body to cut: lost as with drop_after
+    assert s3.get_object(Bucket=bucket, Key="p")["Body"].read() == b"applied"
+    assert proxy.fault_counts() == {("truncate", "GetObject"): 1, ("truncate", "PutObject"): 1}
+
+
+def test_deny_answers_access_denied_for_matching_keys_and_operations_only(proxy, bucket, s3):
+    s3.put_object(Bucket=bucket, Key="open/a", Body=b"a")
+    s3.put_object(Bucket=bucket, Key="secret/ä b", Body=b"b")
+    plan = FaultPlan(seed=1, deny_keys=r"^secret/", deny_operations={"GetObject", "CopyObject"})
+    assert FaultPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+    proxy.configure(faults=plan)
+    s3p = client(proxy.url, attempts=5)
+    with pytest.raises(ClientError) as err:
+        s3p.get_object(Bucket=bucket, Key="secret/ä b")
+    assert error_code(err.value) == "AccessDenied"
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    with pytest.raises(ClientError):
+        s3p.copy_object(Bucket=bucket, Key="secret/ä b", CopySource={"Bucket": bucket, "Key": "open/a"})
+    assert s3p.head_object(Bucket=bucket, Key="secret/ä b")["ContentLength"] == 1  # HEAD is not denied
+    assert s3p.get_object(Bucket=bucket, Key="open/a")["Body"].read() == b"a"
+    assert s3.get_object(Bucket=bucket, Key="secret/ä b")["Body"].read() == b"b"  # the copy never reached moto
+    assert proxy.fault_counts() == {("access_denied", "GetObject"): 1, ("access_denied", "CopyObject"): 1}
+    assert proxy.fault_log() == []  # no random draw was made
+    with pytest.raises(ValueError):
+        FaultPlan(deny_keys="(")
+
+
+def test_deny_with_every_operation_on_a_proxy_process(moto_server, bucket, s3):
+    s3.put_object(Bucket=bucket, Key="k/1", Body=b"x")
+    with ProxyProcess(moto_server, faults=FaultPlan(deny_keys="^k/")) as url:
+        s3p = client(url)
+        with pytest.raises(ClientError) as err:
+            s3p.head_object(Bucket=bucket, Key="k/1")
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        assert s3p.list_objects_v2(Bucket=bucket)["KeyCount"] == 1  # not an object request
 
 
 def _outcomes(upstream: str, plan: FaultPlan, bucket: str, n: int) -> list:

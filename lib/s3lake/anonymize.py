@@ -27,6 +27,9 @@ when the ETag differs, 404 NoSuchKey when the key is gone, 409 ConditionalReques
 concurrent write). Both writes go through :func:`s3lake.objects.write_once`: after an unknown outcome
 (lost response, 5xx) the object is HEADed for this run's marker before any retry, and a 412 is also
 checked against the marker (our own write, whose response was lost, makes the retry's ETag stale).
+A body stream that breaks mid-read (connection reset, truncated response) happens before anything is
+written (a started multipart upload is aborted), so the object is simply read again from the start,
+up to ``READ_ATTEMPTS`` times.
 """
 
 from __future__ import annotations
@@ -60,8 +63,10 @@ from s3lake.objects import (
     Counter,
     ObjectState,
     acl_from_response,
+    backoff_sleep,
     bounded_map,
     bucket_info,
+    create_multipart_once,
     default_partitions,
     is_retryable,
     once_client,
@@ -82,6 +87,7 @@ READ_CHUNK = 1 * MIB
 DEFAULT_MAX_LINE = 256 * MIB
 MAX_TAGS = 10
 PARTS_IN_FLIGHT = 2
+READ_ATTEMPTS = 4  # whole-object reads when the body stream breaks (botocore retries only up to the headers)
 
 ANONYMIZED = "ANONYMIZED"
 TAGGED = "TAGGED"
@@ -130,6 +136,26 @@ class BadLine(ValueError):
 
 class TooManyTags(ValueError):
     pass
+
+
+class BodyInterrupted(Exception):
+    """The GET's body stream broke mid-read (reset, truncated, timed out); nothing has been written."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"reading the object failed: {cause}")
+        self.code = aws.error_code(cause)
+
+
+def body_chunks(body: Any, size: int = READ_CHUNK) -> Iterator[bytes]:
+    """``body.iter_chunks(size)``; a transient failure of the stream becomes :class:`BodyInterrupted`."""
+    from botocore.exceptions import IncompleteReadError
+
+    try:
+        yield from body.iter_chunks(size)
+    except Exception as exc:  # noqa: BLE001
+        if isinstance(exc, IncompleteReadError) or is_retryable(exc):
+            raise BodyInterrupted(exc) from exc
+        raise
 
 
 @dataclass
@@ -393,8 +419,7 @@ class Output:
         s3 = aws.s3()
         if self.upload_id is None:
             params = write_request(self.state, self.settings.run_id, self.acl, self.tags, self.algorithm)
-            self.counter.add()
-            self.upload_id = s3.create_multipart_upload(**params)["UploadId"]
+            self.upload_id = create_multipart_once(params, self.counter)
             self.pool = ThreadPoolExecutor(max_workers=PARTS_IN_FLIGHT)
         while sum(1 for f in self.parts if not f.done()) >= PARTS_IN_FLIGHT:
             wait([f for f in self.parts if not f.done()], return_when=FIRST_COMPLETED)
@@ -524,9 +549,24 @@ def _version(state: ObjectState) -> dict[str, str]:
 
 def process(candidate: Mapping[str, Any], settings: Settings, bucket: BucketInfo,
             large_slots: threading.Semaphore | None = None) -> tuple:
-    """Anonymize one object (or decide not to); always returns exactly one result row."""
-    b, k = candidate["bucket"], candidate["key"]
+    """Anonymize one object (or decide not to); always returns exactly one result row.
+
+    When the body stream breaks mid-read nothing has been written yet: the object is read again.
+    """
     counter = Counter()
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return _process_once(candidate, settings, bucket, large_slots, counter,
+                                 last=attempt == READ_ATTEMPTS - 1)
+        except BodyInterrupted:
+            backoff_sleep(attempt)
+    raise AssertionError("unreachable")
+
+
+def _process_once(candidate: Mapping[str, Any], settings: Settings, bucket: BucketInfo,
+                  large_slots: threading.Semaphore | None, counter: Counter, last: bool) -> tuple:
+    """One read of the object; raises :class:`BodyInterrupted` to be read again unless ``last``."""
+    b, k = candidate["bucket"], candidate["key"]
     stats = Stats()
     base: dict[str, Any] = {"size": candidate.get("size")}
     now = datetime.now(timezone.utc)
@@ -588,6 +628,10 @@ def process(candidate: Mapping[str, Any], settings: Settings, bucket: BucketInfo
         return done(status, records_changed=stats.records_changed, fields_changed=stats.fields_json(), **extra)
     except BadLine as exc:
         return done(FAILED, error_code="InvalidJSON", error_message=str(exc), records_changed=0)
+    except BodyInterrupted as exc:
+        if not last:
+            raise
+        return done(FAILED, error_code=exc.code, error_message=str(exc))
     except Conflict as exc:
         return done(CONFLICT, error_code="PreconditionFailed", error_message=str(exc))
     except Exception as exc:  # noqa: BLE001 - recorded per object, the job goes on
@@ -599,7 +643,7 @@ def rewrite(state: ObjectState, body: Any, gzipped: bool, settings: Settings, ac
     """Stream ``body`` through the rules into an :class:`Output`; write, tag or report (dry run)."""
     out = Output(state, settings, acl, tags, gzipped, counter)
     try:
-        chunks = decoded_chunks(body.iter_chunks(READ_CHUNK), gzipped, stats)
+        chunks = decoded_chunks(body_chunks(body), gzipped, stats)
         for piece in rewrite_lines(iter_lines(chunks, settings.max_line_bytes), settings.rules, stats):
             out.write(piece)
         if stats.records_changed == 0:

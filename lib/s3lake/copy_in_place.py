@@ -43,6 +43,7 @@ from s3lake.objects import (
     acl_from_response,
     bounded_map,
     bucket_info,
+    create_multipart_once,
     default_partitions,
     is_retryable,
     once_client,
@@ -215,8 +216,7 @@ def copy_multipart(state: ObjectState, settings: Settings, acl: Acl | None, coun
         counter.add()
         tags = s3.get_object_tagging(Bucket=state.bucket, Key=state.key,
                                      **({"VersionId": state.version_id} if state.version_id else {}))["TagSet"]
-    counter.add()
-    upload_id = s3.create_multipart_upload(**multipart_request(state, settings.run_id, acl, tags))["UploadId"]
+    upload_id = create_multipart_once(multipart_request(state, settings.run_id, acl, tags), counter)
     source = {"Bucket": state.bucket, "Key": state.key}
     if state.version_id:
         source["VersionId"] = state.version_id

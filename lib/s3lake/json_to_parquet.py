@@ -271,19 +271,42 @@ def dedup(df: DataFrame, keys: Sequence[str], data_columns: Sequence[str]) -> Da
     return df.withColumn("_rn", F.row_number().over(w)).where("_rn = 1").drop("_rn")
 
 
-def for_writing(
-    df: DataFrame, data_columns: Sequence[str], partition_by: Sequence[str], files_per_partition: int = 1
-) -> DataFrame:
-    """Few large files: one shuffle by the partition columns (plus a content hash salt when
-    ``files_per_partition`` > 1), sorted by partition then event time inside each task."""
+def write_keys(data_columns: Sequence[str], partition_by: Sequence[str], files_per_partition: int = 1) -> list[Column]:
+    """The shuffle keys of the write: the partition columns, plus a content hash salt when
+    ``files_per_partition`` > 1."""
     keys = [F.col(p) for p in partition_by]
     if files_per_partition > 1:
         keys.append(F.pmod(F.xxhash64(*data_columns), F.lit(files_per_partition)))
-    return (
-        df.repartition(*keys)
-        .sortWithinPartitions(*partition_by, TS)
-        .select(*data_columns, *partition_by)
-    )
+    return keys
+
+
+def for_writing(
+    df: DataFrame,
+    data_columns: Sequence[str],
+    partition_by: Sequence[str],
+    files_per_partition: int = 1,
+    *,
+    partitioned: bool = False,
+) -> DataFrame:
+    """Few large files: one shuffle by ``write_keys`` (skipped when ``partitioned``: ``df`` is already
+    split that way), sorted by partition then event time inside each task."""
+    if not partitioned:
+        df = df.repartition(*write_keys(data_columns, partition_by, files_per_partition))
+    return df.sortWithinPartitions(*partition_by, TS).select(*data_columns, *partition_by)
+
+
+def shuffled_once(df: DataFrame) -> DataFrame:
+    """``df`` (ending in a shuffle) as a DataFrame over its executed RDD: every action on the result
+    reuses the one set of shuffle files, so the input is read and parsed once however many jobs follow.
+
+    Unlike ``persist`` nothing is copied into the block manager (caching parsed nested rows in the
+    columnar format cost more than the parse); unlike ``localCheckpoint`` lost shuffle output is
+    recomputed from the lineage.
+    """
+    spark = df.sparkSession
+    jdf = df._jdf
+    rows = jdf.queryExecution().toRdd()  # with AQE this runs the shuffle map stage now
+    return DataFrame(spark._jsparkSession.internalCreateDataFrame(rows, jdf.schema(), False), spark)
 
 
 # ------------------------------------------------------------------------------------------- job

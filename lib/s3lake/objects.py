@@ -239,6 +239,40 @@ def write_once(write: Callable[[], R], applied: Callable[[], R | None], *, attem
     raise AssertionError("unreachable")
 
 
+def create_multipart_once(params: Mapping[str, Any], counter: Counter | None = None) -> str:
+    """CreateMultipartUpload that never orphans an upload when its response is lost.
+
+    The key's in-progress uploads are listed first (one request; multipart objects are the big, rare
+    ones); the create goes out with retries off, and after an unknown outcome an upload that was not
+    there before is adopted instead of creating another. (Upload ids, not ``Initiated`` times: those
+    depend on clocks, and some S3-compatible stores return a fixed date.)
+    """
+    bucket, key = params["Bucket"], params["Key"]
+
+    def uploads() -> dict[str, Any]:
+        if counter is not None:
+            counter.add()
+        found: dict[str, Any] = {}
+        pages = aws.s3().get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key)
+        for page in pages:
+            found.update({u["UploadId"]: u["Initiated"] for u in page.get("Uploads", []) if u["Key"] == key})
+        return found
+
+    before = uploads()
+
+    def create() -> str:
+        if counter is not None:
+            counter.add()
+        return once_client().create_multipart_upload(**params)["UploadId"]
+
+    def applied() -> str | None:
+        new = {upload: initiated for upload, initiated in uploads().items() if upload not in before}
+        return max(new, key=lambda u: new[u]) if new else None
+
+    upload_id, _ = write_once(create, applied)
+    return upload_id
+
+
 def once_client() -> Any:
     """An S3 client with botocore retries off, for the writes :func:`write_once` guards."""
     return aws.client("s3", max_attempts=1)

@@ -20,7 +20,16 @@ Used by
   - ``internal_error``: 500 ``<Error><Code>InternalError</Code>``,
   - ``drop_before``: the connection is closed without a response; nothing reaches upstream,
   - ``drop_after``: the request is forwarded and applied upstream, the response is read and
-    discarded, then the client connection is closed (the lost-response case).
+    discarded, then the client connection is closed (the lost-response case),
+  - ``truncate``: the request is applied upstream and the response's status, headers and the first
+    half of its body are sent, then the connection is closed (a reset mid-download; a response
+    without a body is simply lost, as with ``drop_after``).
+
+  Permission faults are deterministic, not drawn: ``FaultPlan(deny_keys=r"^secret/",
+  deny_operations={"CopyObject"})`` answers 403 ``<Error><Code>AccessDenied</Code>`` to every request
+  of those operations (``None``: every operation) on an object key that ``re.search`` matches (as for
+  a KMS key the role may not use). A denied request consumes no random draw and is counted in
+  :meth:`S3Proxy.fault_counts` as ``("access_denied", operation)`` but not in the fault log.
 
   The same seed and the same sequence of eligible requests give the same faults;
   :meth:`FaultPlan.preview` lists the first ``n`` decisions, :meth:`S3Proxy.fault_log` the ones made,
@@ -31,7 +40,7 @@ Used by
 
       python -m s3lake.testbed.proxy --upstream URL [--port N] [--latency 0.02]
           [--seed 7 --slowdown 0.05 --internal-error 0 --drop-before 0 --drop-after 0.01
-           --operations PutObject,UploadPart]
+           --operations PutObject,UploadPart] [--deny-keys REGEX --deny-operations CopyObject,GetObject]
 
   prints its URL on stdout and serves until killed. :class:`ProxyProcess` starts one on a free port
   and has the same ``counts()/reset_counts()/fault_counts()/configure()/window()`` API, backed by the
@@ -54,6 +63,7 @@ import http.client
 import json
 import os
 import random
+import re
 import select
 import socket
 import socketserver
@@ -80,7 +90,7 @@ __all__ = [
     "s3_operation",
 ]
 
-FAULT_KINDS = ("slowdown", "internal_error", "drop_before", "drop_after")
+FAULT_KINDS = ("slowdown", "internal_error", "drop_before", "drop_after", "truncate")
 
 #: Object-level writes: the usual ``FaultPlan.operations`` for "fail the writes, not the reads".
 OBJECT_WRITES = frozenset(
@@ -281,6 +291,10 @@ class FaultPlan:
     ``predicate(operation)`` is true (``None``: always; not available for :class:`ProxyProcess`).
     Each eligible request consumes exactly one ``random.Random(seed)`` draw, so the sequence of
     decisions depends only on the seed and the order of eligible requests.
+
+    ``deny_keys`` (a regular expression searched in the URL-decoded object key) with ``deny_operations``
+    (``None``: every operation) answers matching object requests 403 AccessDenied, whatever ``operations``
+    says and without a draw.
     """
 
     seed: int = 0
@@ -288,15 +302,33 @@ class FaultPlan:
     internal_error: float = 0.0
     drop_before: float = 0.0
     drop_after: float = 0.0
+    truncate: float = 0.0
     operations: frozenset | None = None
     predicate: Callable[[str], bool] | None = None
+    deny_keys: str | None = None
+    deny_operations: frozenset | None = None
 
     def __post_init__(self) -> None:
-        rates = [self.slowdown, self.internal_error, self.drop_before, self.drop_after]
+        rates = [self.slowdown, self.internal_error, self.drop_before, self.drop_after, self.truncate]
         if any(r < 0 for r in rates) or sum(rates) > 1 + 1e-9:
             raise ValueError(f"fault rates must be >= 0 and sum to at most 1: {rates}")
         if self.operations is not None and not isinstance(self.operations, frozenset):
             self.operations = frozenset(self.operations)
+        if self.deny_operations is not None and not isinstance(self.deny_operations, frozenset):
+            self.deny_operations = frozenset(self.deny_operations)
+        if self.deny_keys is not None:
+            try:
+                re.compile(self.deny_keys)  # a bad pattern fails here, not in the proxy
+            except re.error as exc:
+                raise ValueError(f"deny_keys is not a regular expression: {exc}") from None
+
+    def denies(self, operation: str, key: str | None) -> bool:
+        """Whether a request of ``operation`` on object ``key`` (None: not an object request) is denied."""
+        if self.deny_keys is None or not key:
+            return False
+        if self.deny_operations is not None and operation not in self.deny_operations:
+            return False
+        return re.search(self.deny_keys, key) is not None
 
     def applies_to(self, operation: str) -> bool:
         if self.operations is not None and operation not in self.operations:
@@ -324,6 +356,7 @@ class FaultPlan:
         data = dataclasses.asdict(self)
         data.pop("predicate")
         data["operations"] = sorted(self.operations) if self.operations is not None else None
+        data["deny_operations"] = sorted(self.deny_operations) if self.deny_operations is not None else None
         return data
 
     @classmethod
@@ -331,8 +364,9 @@ class FaultPlan:
         if data is None:
             return None
         data = dict(data)
-        if data.get("operations") is not None:
-            data["operations"] = frozenset(data["operations"])
+        for name in ("operations", "deny_operations"):
+            if data.get(name) is not None:
+                data[name] = frozenset(data[name])
         return cls(**data)
 
 
@@ -340,16 +374,19 @@ _ERROR_TEXT = {
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "internal_error": (500, "Internal Server Error", "InternalError",
                        "We encountered an internal error. Please try again."),
+    "access_denied": (403, "Forbidden", "AccessDenied", "Access Denied"),
 }
 _JSON_ERRORS = {
     "slowdown": (400, "Bad Request", "ThrottlingException", "Rate exceeded"),
     "internal_error": (500, "Internal Server Error", "InternalFailure",
                        "The request processing has failed because of an unknown error."),
+    "access_denied": (400, "Bad Request", "AccessDeniedException", "Access denied"),
 }
 _QUERY_ERRORS = {
     "slowdown": (400, "Bad Request", "Throttling", "Rate exceeded"),
     "internal_error": (500, "Internal Server Error", "InternalFailure",
                        "The request processing has failed because of an unknown error."),
+    "access_denied": (403, "Forbidden", "AccessDenied", "Access denied"),
 }
 
 
@@ -409,11 +446,15 @@ class _State:
                 self.rng = random.Random(faults.seed if faults else 0)
                 self.eligible = 0
 
-    def record(self, operation: str) -> str | None:
-        """Count a request and decide its fault."""
+    def record(self, operation: str, key: str | None = None) -> str | None:
+        """Count a request and decide its fault (``key``: the object key, if it names one)."""
         with self.lock:
             self.counts[operation] = self.counts.get(operation, 0) + 1
             plan = self.faults
+            if plan is not None and plan.denies(operation, key):
+                denied = ("access_denied", operation)
+                self.fault_counts[denied] = self.fault_counts.get(denied, 0) + 1
+                return "access_denied"
             if plan is None or not plan.applies_to(operation):
                 return None
             index = self.eligible
@@ -669,11 +710,15 @@ class _Handler(BaseHTTPRequestHandler):
         elif "Action" in query:
             protocol = "query"
 
-        fault = state.record(operation)
+        key = None
+        if protocol == "s3":
+            bucket, _, raw_key = path.lstrip("/").partition("/")
+            key = urllib.parse.unquote(raw_key) if bucket and raw_key else None
+        fault = state.record(operation, key)
         if state.latency > 0:
             time.sleep(state.latency)
 
-        if fault in ("slowdown", "internal_error", "drop_before"):
+        if fault in ("slowdown", "internal_error", "access_denied", "drop_before"):
             if body is None:
                 self._pump_body(framing, None)
             if fault == "drop_before":
@@ -689,6 +734,9 @@ class _Handler(BaseHTTPRequestHandler):
             if fault == "drop_after":
                 while response.read(COPY_SIZE):
                     pass
+                raise _Dropped(fault)
+            if fault == "truncate":
+                self._relay_half(response)
                 raise _Dropped(fault)
             self._relay(response)
         finally:
@@ -743,6 +791,20 @@ class _Handler(BaseHTTPRequestHandler):
                     raise _Dropped(f"upstream failed mid-body: {exc}") from exc
                 raise _UpstreamError(str(exc)) from exc
         raise AssertionError("unreachable")
+
+    def _relay_half(self, response: http.client.HTTPResponse) -> None:
+        """Status, headers (announcing the whole body) and the first half of the body; the caller closes."""
+        payload = response.read()
+        if self.command == "HEAD" or not payload:
+            return
+        headers = [
+            (k, v) for k, v in response.getheaders()
+            if k.lower() not in HOP_BY_HOP and k.lower() not in ("transfer-encoding", "content-length")
+        ]
+        headers.append(("Content-Length", str(len(payload))))
+        reason = response.reason or http.client.responses.get(response.status, "")
+        self._write(response.status, reason, headers, payload[: len(payload) // 2])
+        self.wfile.flush()
 
     def _relay(self, response: http.client.HTTPResponse) -> None:
         headers = [
@@ -940,6 +1002,10 @@ class ProxyProcess(_CountsAPI):
                 cmd += [f"--{kind.replace('_', '-')}", str(plan[kind])]
             if plan["operations"] is not None:
                 cmd += ["--operations", ",".join(plan["operations"])]
+            if plan["deny_keys"] is not None:
+                cmd += ["--deny-keys", plan["deny_keys"]]
+            if plan["deny_operations"] is not None:
+                cmd += ["--deny-operations", ",".join(plan["deny_operations"])]
         return cmd
 
     def start(self) -> str:
@@ -1038,13 +1104,20 @@ def main(argv: list | None = None) -> None:
         parser.add_argument(f"--{kind.replace('_', '-')}", type=float, default=0.0, dest=kind,
                             help=f"share of eligible requests answered with {kind}")
     parser.add_argument("--operations", default=None, help="comma-separated operations to fault")
+    parser.add_argument("--deny-keys", default=None, metavar="REGEX",
+                        help="answer 403 AccessDenied to requests on object keys matching REGEX")
+    parser.add_argument("--deny-operations", default=None,
+                        help="comma-separated operations --deny-keys applies to (default: all)")
     args = parser.parse_args(argv)
+
+    def names(text: str | None) -> frozenset | None:
+        return frozenset(o.strip() for o in text.split(",") if o.strip()) if text else None
+
     faults = None
-    if any(getattr(args, kind) for kind in FAULT_KINDS):
-        ops = None
-        if args.operations:
-            ops = frozenset(o.strip() for o in args.operations.split(",") if o.strip())
-        faults = FaultPlan(seed=args.seed, operations=ops, **{k: getattr(args, k) for k in FAULT_KINDS})
+    if any(getattr(args, kind) for kind in FAULT_KINDS) or args.deny_keys is not None:
+        faults = FaultPlan(seed=args.seed, operations=names(args.operations), deny_keys=args.deny_keys,
+                           deny_operations=names(args.deny_operations),
+                           **{k: getattr(args, k) for k in FAULT_KINDS})
     proxy = S3Proxy(args.upstream, latency=args.latency, faults=faults, port=args.port, host=args.host)
     _raise_open_files_limit()
     proxy._bind()
