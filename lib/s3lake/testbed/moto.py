@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
-import time
 import urllib.request
+
+from s3lake.testbed.process import LoopbackProcess
 
 DUMMY_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -24,18 +24,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class MotoServer:
+class MotoServer(LoopbackProcess):
     """A moto server in its own process: ``with MotoServer() as url: ...``.
 
     ``environ()`` gives the variables that point boto3 (and the AWS CLI) at it.
     """
 
+    name = "moto server"
+
     def __init__(self, port: int | None = None, log_path: str | None = None) -> None:
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._proc: subprocess.Popen | None = None
-        self._log = None
+        super().__init__(f"http://127.0.0.1:{self.port}", log_path)
 
     def environ(self) -> dict[str, str]:
         env = dict(DUMMY_CREDENTIALS)
@@ -43,41 +42,9 @@ class MotoServer:
         return env
 
     def start(self) -> str:
-        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = dict(os.environ)
         env.update(DUMMY_CREDENTIALS)
         env.pop("AWS_ENDPOINT_URL", None)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "s3lake.testbed.moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._log,
-            stderr=self._log,
-            env=env,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with {self._proc.returncode}")
-            try:
-                urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).read()
-                return self.url
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"moto server did not answer on {self.url}")
-
-    def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-        if self._log not in (None, subprocess.DEVNULL):
-            self._log.close()
-        self._proc = None
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        command = [sys.executable, "-m", "s3lake.testbed.moto_server", "-H", "127.0.0.1", "-p", str(self.port)]
+        return self._launch(command, env, lambda: urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).read(),
+                            timeout=60)

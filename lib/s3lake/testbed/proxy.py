@@ -67,7 +67,6 @@ import re
 import select
 import socket
 import socketserver
-import subprocess
 import sys
 import threading
 import time
@@ -79,6 +78,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator, Mapping
 
 from s3lake.testbed.moto import free_port
+from s3lake.testbed.process import LoopbackProcess
 
 __all__ = [
     "FAULT_KINDS",
@@ -971,7 +971,7 @@ class S3Proxy(_CountsAPI):
             return list(self._state.fault_log)
 
 
-class ProxyProcess(_CountsAPI):
+class ProxyProcess(LoopbackProcess, _CountsAPI):
     """The proxy in its own process (``python -m s3lake.testbed.proxy``), mirroring ``MotoServer``."""
 
     def __init__(
@@ -987,10 +987,9 @@ class ProxyProcess(_CountsAPI):
         self.latency = latency
         self.faults = faults
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._proc: subprocess.Popen | None = None
-        self._log: Any = None
+        super().__init__(f"http://127.0.0.1:{self.port}", log_path)
+
+    name = "proxy"
 
     def command(self) -> list:
         cmd = [sys.executable, "-m", "s3lake.testbed.proxy", "--upstream", self.upstream,
@@ -1009,41 +1008,10 @@ class ProxyProcess(_CountsAPI):
         return cmd
 
     def start(self) -> str:
-        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = dict(os.environ)
         lib = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (lib, env.get("PYTHONPATH")) if p)
-        self._proc = subprocess.Popen(self.command(), stdout=self._log, stderr=self._log, env=env)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"proxy exited with {self._proc.returncode}")
-            try:
-                self._call("GET", "health")
-                return self.url
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"proxy did not answer on {self.url}")
-
-    def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        if self._log not in (None, subprocess.DEVNULL):
-            self._log.close()
-        self._log = None
-        self._proc = None
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self._launch(self.command(), env, lambda: self._call("GET", "health"), timeout=30)
 
     def environ(self) -> dict:
         return {"AWS_ENDPOINT_URL": self.url}
