@@ -56,12 +56,12 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _run_job(spark, inputs: list[str], out: str, cache: bool = True) -> None:
+def _run_job(spark, inputs: list[str], out: str, reuse: bool = True) -> None:
     from s3lake.demo.json_to_parquet import SCHEMA_FILE
     from s3lake.json_to_parquet import Options, convert, load_schema
 
     convert(spark, Options(inputs=inputs, output=out, schema=load_schema(str(SCHEMA_FILE)),
-                           timestamp_field="event_time", partition_by=["dt"], cache_parsed=cache))
+                           timestamp_field="event_time", partition_by=["dt"], reuse_shuffle=reuse))
 
 
 def _run_naive(spark, inputs: list[str], out: str) -> None:
@@ -112,7 +112,7 @@ def main() -> int:
     _run_naive(spark, inputs[:1], str(warm / "naive"))
     results = {
         "json_to_parquet": _timed(lambda: _run_job(spark, inputs, str(out / "job"))),
-        "j2p --reread-input": _timed(lambda: _run_job(spark, inputs, str(out / "job-reread"), cache=False)),
+        "j2p --reread-input": _timed(lambda: _run_job(spark, inputs, str(out / "job-reread"), reuse=False)),
         "naive spark": _timed(lambda: _run_naive(spark, inputs, str(out / "naive"))),
         "duckdb": _timed(lambda: _run_duckdb(inputs, str(out / "duckdb"))),
     }

@@ -172,7 +172,7 @@ def test_too_many_bad_records_fails_without_touching_the_output(spark, tmp_path)
 def test_dedup_key_end_to_end(spark, tmp_path):
     dup = ['{"id":"a","ts":1714525200000}', '{"id":"a","ts":1714525200000}', '{"id":"z","ts":1714525200}']
     summary = j2p.convert(spark, options(tmp_path, [write_input(tmp_path / "in", "d", dup, gz=False)],
-                                         dedup_keys=["id"], cache_parsed=False))
+                                         dedup_keys=["id"], reuse_shuffle=False))
     assert (summary["written_records"], summary["duplicates_dropped"]) == (2, 1)
 
 
