@@ -22,7 +22,6 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 from s3lake import anonymize, cli, inventory, results, rules
-from s3lake.errors import ConfigError
 from s3lake.spark import get_session
 
 log = logging.getLogger("s3lake.anonymize")
@@ -75,9 +74,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         delivery, frame = inventory.read(spark, args.inventory_table, args.inventory_date, args.inventory_manifest)
         source_id = delivery.delivery_id
         candidates = anonymize.inventory_candidates(frame)
-    run_id = args.run_id or anonymize.default_run_id(source_id, ruleset.digest)
-    if "/" in run_id or "=" in run_id:
-        raise ConfigError(f"--run-id must not contain '/' or '=': {run_id!r}")
+    run_id = results.check_run_id(args.run_id or anonymize.default_run_id(source_id, ruleset.digest))
     settings = anonymize.Settings(
         run_id=run_id,
         rules=ruleset,

@@ -20,7 +20,6 @@ import sys
 from typing import Sequence
 
 from s3lake import cli, copy_in_place, inventory, results
-from s3lake.errors import ConfigError
 from s3lake.spark import get_session
 
 log = logging.getLogger("s3lake.copy_in_place")
@@ -63,9 +62,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     spark = get_session("s3lake-copy-in-place")
     delivery, frame = inventory.read(spark, args.inventory_table, args.inventory_date, args.inventory_manifest)
     results.check_writable(spark, args.results)
-    run_id = args.run_id or copy_in_place.default_run_id(delivery.delivery_id)
-    if "/" in run_id or "=" in run_id:
-        raise ConfigError(f"--run-id must not contain '/' or '=': {run_id!r}")
+    run_id = results.check_run_id(args.run_id or copy_in_place.default_run_id(delivery.delivery_id))
     settings = copy_in_place.Settings(
         run_id=run_id,
         dry_run=args.dry_run,

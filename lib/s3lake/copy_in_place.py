@@ -42,11 +42,10 @@ from s3lake.objects import (
     acl_from_inventory,
     acl_from_response,
     bounded_map,
-    bucket_info,
     create_multipart_once,
-    default_partitions,
     is_retryable,
     once_client,
+    run_per_object,
     write_attributes,
     write_once,
 )
@@ -331,19 +330,5 @@ def process_partition(rows: Iterable[Any], settings: Settings, buckets: Mapping[
 def run(spark: SparkSession, candidates: DataFrame, settings: Settings, results_path: str,
         partitions: int | None = None) -> tuple[dict[str, Any], DataFrame]:
     """Process every candidate, write the results once, return (summary, this run's results)."""
-    started = time.monotonic()
-    candidates = candidates.persist()
-    buckets_seen = [r[0] for r in candidates.select("bucket").distinct().collect()]
-    infos, driver_requests = {}, 0
-    for name in buckets_seen:
-        infos[name], n = bucket_info(name, settings.copy_acls)
-        driver_requests += n
-    count = candidates.count()
-    n = partitions or default_partitions(count, spark.sparkContext.defaultParallelism)
-    rdd = candidates.repartition(n).rdd.mapPartitions(lambda rows: process_partition(rows, settings, infos))
-    frame = spark.createDataFrame(rdd, results.SCHEMA)
-    results.write(frame, results_path)  # the one action that copies: never recompute `frame`
-    candidates.unpersist()
-    written = results.read_run(spark, results_path, settings.run_id)
-    summary = results.summarize(results.summary_rows(written), time.monotonic() - started, driver_requests)
-    return summary, written
+    return run_per_object(spark, candidates, results_path, settings.run_id, partitions, settings.copy_acls,
+                          lambda rows, infos: process_partition(rows, settings, infos))

@@ -324,6 +324,31 @@ def default_partitions(candidates: int, parallelism: int) -> int:
     return max(1, min(candidates, max(parallelism, math.ceil(candidates / 50000))))
 
 
+def run_per_object(spark: Any, candidates: Any, results_path: str, run_id: str, partitions: int | None,
+                   copy_acls: bool, process_partition: Callable[[Iterable[Any], Mapping[str, BucketInfo]],
+                                                                Iterator[tuple]]) -> tuple[dict[str, Any], Any]:
+    """The driver side of an object job: look up each bucket once, spread the candidates over tasks,
+    write the result rows once (that single action does the object writes: the mapped frame is never
+    recomputed), then summarize this run's partition. Returns (summary, results DataFrame)."""
+    from s3lake import results
+
+    started = time.monotonic()
+    candidates = candidates.persist()
+    per_bucket = candidates.groupBy("bucket").count().collect()  # one pass: the buckets and the total
+    infos, driver_requests = {}, 0
+    for name, _ in per_bucket:
+        infos[name], n = bucket_info(name, copy_acls)
+        driver_requests += n
+    count = sum(n for _, n in per_bucket)
+    tasks = partitions or default_partitions(count, spark.sparkContext.defaultParallelism)
+    rdd = candidates.repartition(tasks).rdd.mapPartitions(lambda rows: process_partition(rows, infos))
+    results.write(spark.createDataFrame(rdd, results.SCHEMA), results_path)
+    candidates.unpersist()
+    written = results.read_run(spark, results_path, run_id)
+    summary = results.summarize(results.summary_rows(written), time.monotonic() - started, driver_requests)
+    return summary, written
+
+
 def bounded_map(fn: Callable[[Any], R], items: Iterable[Any], concurrency: int) -> Iterator[R]:
     """``fn`` over ``items`` with at most ``concurrency`` calls in flight, results as they finish.
 

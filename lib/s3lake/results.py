@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from s3lake.errors import ResultsPathError
+from s3lake.errors import ConfigError, ResultsPathError
 
 SCHEMA = T.StructType([
     T.StructField("run_id", T.StringType(), False),
@@ -55,15 +55,29 @@ def row(run_id: str, job: str, bucket: str, key: str, status: str, **values: Any
     return tuple(full.get(name) for name in FIELDS)
 
 
+def check_run_id(run_id: str) -> str:
+    """A run id names a ``run_id=...`` partition and a metadata marker value: no '/' or '='."""
+    if not run_id or "/" in run_id or "=" in run_id:
+        raise ConfigError(f"--run-id must not be empty or contain '/' or '=': {run_id!r}")
+    return run_id
+
+
 def check_writable(spark: SparkSession, path: str) -> None:
-    """Fail fast (before any object is touched) when ``path`` cannot be written, via Hadoop's FileSystem."""
+    """Fail fast (before any object is touched) when ``path`` cannot be written, via Hadoop's FileSystem.
+
+    Leaves nothing behind: the probe file is deleted, and so is the folder when the probe created it.
+    """
     jvm = spark.sparkContext._jvm
     conf = spark.sparkContext._jsc.hadoopConfiguration()
+    folder = jvm.org.apache.hadoop.fs.Path(path.rstrip("/"))
     probe = jvm.org.apache.hadoop.fs.Path(f"{path.rstrip('/')}/_s3lake_write_probe_{uuid.uuid4().hex}")
     try:
         fs = probe.getFileSystem(conf)
+        existed = fs.exists(folder)
         fs.create(probe, True).close()
         fs.delete(probe, False)
+        if not existed:
+            fs.delete(folder, True)
     except Exception as exc:  # noqa: BLE001 - py4j wraps the Java exception
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         java = getattr(exc, "java_exception", None)
