@@ -45,8 +45,11 @@ def run(workdir: str, spark) -> None:
     os.environ.setdefault("S3LAKE_HMAC_KEY", "demo-key-not-secret")
     common = ["--source", f"s3://{BUCKET}/uploads/", "--rules", str(CONF / "security-lake.json"),
               "--results", results, "--min-age", "0s", "--max-failures", "1"]
-    print("anonymize: first run")
+    print("anonymize: first run (broken.json has a truncated last line on purpose: FAILED, left untouched)")
     job.main(common + ["--run-id", "demo-1", "--purge-noncurrent"])
+    failed = spark.read.parquet(results).where("run_id = 'demo-1' AND status = 'FAILED'").collect()
+    for row in failed:
+        print(f"anonymize: FAILED {row.key}: {row.error_code}: {row.error_message}")
     first = json.loads(s3.get_object(Bucket=BUCKET, Key="uploads/2024/05/01/a.json")["Body"].read().splitlines()[0])
     print(f"anonymize: a.json line 1 is now {json.dumps(first)}")
     print("anonymize: second run (everything already processed)")
