@@ -202,9 +202,24 @@ def test_non_json_lines_raise(line):
 
 def test_lines_split_across_chunks_and_a_missing_final_newline_are_kept():
     chunks = [b'{"a":', b'1}\n{"b"', b":2}\n", b'{"c":3}']
-    assert list(anonymize.iter_lines(chunks)) == [b'{"a":1}\n', b'{"b":2}\n', b'{"c":3}']
+    assert list(anonymize.line_batches(chunks)) == [([b'{"a":1}'], True), ([b'{"b":2}'], True), ([b'{"c":3}'], False)]
     with pytest.raises(anonymize.BadLine, match="line 2: longer than 10 bytes"):
-        list(anonymize.iter_lines([b"short\n", b"x" * 8, b"y" * 8], max_line=10))
+        list(anonymize.line_batches([b"short\n", b"x" * 8, b"y" * 8], max_line=10))
+    with pytest.raises(anonymize.BadLine, match="line 3: longer than 10 bytes"):
+        list(anonymize.line_batches([b"a\nb\n" + b"z" * 10 + b"\n"], max_line=10))
+
+
+def test_chunks_are_rewritten_line_by_line_whatever_the_chunk_boundaries():
+    rs = ruleset({"path": "f", "action": "blank"})
+    data = b'{"f": "x"}\r\n{"g":  1.50}\n\n{"f":"y","h":[1, 2]}\n{"g": 2}'
+    want = b'{"f": ""}\r\n{"g":  1.50}\n\n{"f":"","h":[1,2]}\n{"g": 2}'
+    for size in (1, 3, 7, len(data)):
+        stats = anonymize.Stats()
+        chunks = [data[i:i + size] for i in range(0, len(data), size)]
+        assert b"".join(anonymize.rewrite_chunks(chunks, rs, stats)) == want
+        assert (stats.lines, stats.records_changed, dict(stats.fields)) == (5, 2, {"f": 2})
+    with pytest.raises(anonymize.BadLine, match="line 3: not valid JSON"):
+        list(anonymize.rewrite_chunks([b'{"f": 1}\n{}\n', b'{"f": \n'], rs, anonymize.Stats()))
 
 
 def test_multi_member_gzip_is_read_whole():
