@@ -18,7 +18,16 @@ from s3lake import copy_in_place, inventory
 from s3lake.testbed.inventory import write_inventory
 
 from bench import baseline_copy
-from bench.common import WORKDIR, EndpointCpu, aws_behind_proxy, direct_client, local_spark, parallel, per_object
+from bench.common import (
+    WORKDIR,
+    EndpointCpu,
+    aws_behind_proxy,
+    direct_client,
+    endpoint_ceiling,
+    local_spark,
+    parallel,
+    per_object,
+)
 
 N = int(os.environ.get("S3LAKE_BENCH_OBJECTS", "2000"))
 LATENCY = float(os.environ.get("S3LAKE_BENCH_LATENCY", "0.020"))
@@ -93,6 +102,7 @@ def main() -> int:
         enf_s, enf_counts, summary = ours(enf_inv, "bench-enforced")
         assert summary["statuses"] == {"COPIED": N}, summary["statuses"]
         spark.stop()
+        ceiling, moto_cores = endpoint_ceiling(proxy, "bench-warmup", warm_keys[0])
 
     def objs(counts):  # the inventory files and bucket lookups are per run, not per object
         return {k: v for k, v in counts.items() if k not in ("GetObject", "ListObjectsV2")}
@@ -111,4 +121,9 @@ def main() -> int:
     print(f"  the local endpoint (moto + proxy) alone kept {cpu_share['bench']:.2f} of this machine's "
           f"{os.cpu_count()} cores busy during the s3lake run ({cpu_share['bench-enforced']:.2f} with ACLs "
           f"disabled): s3lake is bound by the emulated S3's CPU here, the baseline by latency")
+    ours_rps = sum(objs(ours_counts).values()) / ours_s
+    print(f"  the emulated S3's ceiling, same run: {ceiling:.0f} HeadObject/s from 64 concurrent clients "
+          f"(moto at {moto_cores:.2f} cores, all one Python process gets); s3lake drove {ours_rps:.0f} "
+          f"requests/s of HEAD/GetObjectAcl/CopyObject, the baseline {sum(base_counts.values()) / base_s:.0f}; "
+          f"10x the baseline at 3 requests/object needs {30 * base_rate:.0f} requests/s")
     return 0

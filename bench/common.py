@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,51 @@ def direct_client(upstream: str):
     from botocore.config import Config
 
     return boto3.client("s3", endpoint_url=upstream, config=Config(max_pool_connections=32))
+
+
+def _head_loop(url: str, bucket: str, key: str, seconds: float, threads: int, queue) -> None:
+    import threading
+    import time
+
+    from botocore.config import Config
+
+    s3 = boto3.client("s3", endpoint_url=url, config=Config(max_pool_connections=threads))
+    stop = time.monotonic() + seconds
+    counts = [0] * threads
+
+    def loop(i: int) -> None:
+        while time.monotonic() < stop:
+            s3.head_object(Bucket=bucket, Key=key)
+            counts[i] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    queue.put(sum(counts))
+
+
+def endpoint_ceiling(proxy, bucket: str, key: str, seconds: float = 4.0, processes: int = 2,
+                     threads: int = 32) -> tuple[float, float]:
+    """(HeadObject/s, moto's cores) with ``processes`` x ``threads`` clients HEADing one object through
+    the proxy as fast as it answers: the most requests/s this machine's emulated S3 serves."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # the parent runs Spark's py4j threads: no fork
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_head_loop, args=(proxy.url, bucket, key, seconds, threads, queue))
+             for _ in range(processes)]
+    moto_pid = proxy.moto._proc.pid
+    for p in procs:
+        p.start()
+    time.sleep(0.5)  # let the clients start (imports) before measuring the window
+    cpu0, t0 = cpu_seconds(moto_pid), time.monotonic()
+    total = sum(queue.get() for _ in procs)
+    cpu1, t1 = cpu_seconds(moto_pid), time.monotonic()
+    for p in procs:
+        p.join()
+    return total / seconds, (cpu1 - cpu0) / (t1 - t0)
 
 
 def parallel(fn, items, workers: int = 16) -> list:
