@@ -69,11 +69,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     results.check_writable(spark, args.results)
     if args.source:
         source_id = f"{args.source}@{datetime.now(timezone.utc):%Y-%m-%d}"
-        candidates = anonymize.source_candidates(spark, args.source)
+        candidates, bucket_counts = anonymize.source_candidates(spark, args.source)
     else:
         delivery, frame = inventory.read(spark, args.inventory_table, args.inventory_date, args.inventory_manifest)
         source_id = delivery.delivery_id
-        candidates = anonymize.inventory_candidates(frame)
+        candidates, bucket_counts = anonymize.inventory_candidates(frame), None
     run_id = results.check_run_id(args.run_id or anonymize.default_run_id(source_id, ruleset.digest))
     settings = anonymize.Settings(
         run_id=run_id,
@@ -86,7 +86,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         part_size=args.part_size,
     )
     log.info("run %s over %s with %d rules", run_id, source_id, len(ruleset.rules))
-    summary, _ = anonymize.run(spark, candidates, settings, args.results, args.partitions)
+    summary, _ = anonymize.run(spark, candidates, settings, args.results, args.partitions, bucket_counts)
     title = f"anonymize run {run_id}{' (dry run)' if args.dry_run else ''}"
     return results.report(title, summary, args.max_failures, args.results, run_id)
 

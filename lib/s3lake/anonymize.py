@@ -806,12 +806,16 @@ def list_source(url: str) -> list[tuple]:
     return out
 
 
-def source_candidates(spark: SparkSession, url: str) -> DataFrame:
-    return spark.createDataFrame(list_source(url), CANDIDATE_SCHEMA)
+def source_candidates(spark: SparkSession, url: str) -> tuple[DataFrame, dict[str, int]]:
+    """The objects under ``url`` as candidates, and how many there are per bucket (for :func:`run`)."""
+    rows = list_source(url)
+    return spark.createDataFrame(rows, CANDIDATE_SCHEMA), dict(Tally(r[0] for r in rows))
 
 
 def run(spark: SparkSession, candidates: DataFrame, settings: Settings, results_path: str,
-        partitions: int | None = None) -> tuple[dict[str, Any], DataFrame]:
-    """Process every candidate, write the results once, return (summary, this run's results)."""
+        partitions: int | None = None, bucket_counts: Mapping[str, int] | None = None,
+        ) -> tuple[dict[str, Any], DataFrame]:
+    """Process every candidate, write the results once, return (summary, this run's results).
+    ``bucket_counts``: candidates per bucket when already known (``source_candidates``)."""
     return run_per_object(spark, candidates, results_path, settings.run_id, partitions, not settings.dry_run,
-                          lambda rows, infos: process_partition(rows, settings, infos))
+                          lambda rows, infos: process_partition(rows, settings, infos), bucket_counts)

@@ -326,24 +326,32 @@ def default_partitions(candidates: int, parallelism: int) -> int:
 
 def run_per_object(spark: Any, candidates: Any, results_path: str, run_id: str, partitions: int | None,
                    copy_acls: bool, process_partition: Callable[[Iterable[Any], Mapping[str, BucketInfo]],
-                                                                Iterator[tuple]]) -> tuple[dict[str, Any], Any]:
+                                                                Iterator[tuple]],
+                   bucket_counts: Mapping[str, int] | None = None) -> tuple[dict[str, Any], Any]:
     """The driver side of an object job: look up each bucket once, spread the candidates over tasks,
     write the result rows once (that single action does the object writes: the mapped frame is never
-    recomputed), then summarize this run's partition. Returns (summary, results DataFrame)."""
+    recomputed), then summarize this run's partition. Returns (summary, results DataFrame).
+
+    ``bucket_counts`` (candidates per bucket), when the caller already knows them (a listing made on the
+    driver), saves the counting job; otherwise the candidates are cached and counted in one pass.
+    """
     from s3lake import results
 
     started = time.monotonic()
-    candidates = candidates.persist()
-    per_bucket = candidates.groupBy("bucket").count().collect()  # one pass: the buckets and the total
+    cached = bucket_counts is None
+    if cached:
+        candidates = candidates.persist()
+        bucket_counts = dict(candidates.groupBy("bucket").count().collect())
     infos, driver_requests = {}, 0
-    for name, _ in per_bucket:
+    for name in sorted(bucket_counts):
         infos[name], n = bucket_info(name, copy_acls)
         driver_requests += n
-    count = sum(n for _, n in per_bucket)
+    count = sum(bucket_counts.values())
     tasks = partitions or default_partitions(count, spark.sparkContext.defaultParallelism)
     rdd = candidates.repartition(tasks).rdd.mapPartitions(lambda rows: process_partition(rows, infos))
     results.write(spark.createDataFrame(rdd, results.SCHEMA), results_path)
-    candidates.unpersist()
+    if cached:
+        candidates.unpersist()
     written = results.read_run(spark, results_path, run_id)
     summary = results.summarize(results.summary_rows(written), time.monotonic() - started, driver_requests)
     return summary, written
