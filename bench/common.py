@@ -63,7 +63,6 @@ def direct_client(upstream: str):
 
 def _head_loop(url: str, bucket: str, key: str, seconds: float, threads: int, queue) -> None:
     import threading
-    import time
 
     from botocore.config import Config
 

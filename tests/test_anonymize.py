@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from chispa import assert_df_equality
 from s3lake import anonymize as anon
 from s3lake import aws, objects, results, rules
 from s3lake.objects import bucket_info
@@ -258,6 +259,33 @@ def test_dry_run_writes_nothing_and_reports_records_and_fields(spark, moto_serve
     assert got["a.json"].bytes_out == len(BLANKED_LINES)
     assert got["b.json"].status == anon.WOULD_TAG
     assert {k: object_state(bucket, k) for k in before} == before
+
+
+def test_a_source_listing_gives_candidates_and_per_bucket_counts_that_the_run_uses(spark, moto_server, unique,
+                                                                                   tmp_path, s3):
+    bucket = make_bucket(f"anon-src-{unique}", ownership="BucketOwnerEnforced")
+    for key in ("in/a.json", "in/b c.json", "other/x.json"):
+        s3.put_object(Bucket=bucket, Key=key, Body=SECRET_LINES)
+    before = {k: object_state(bucket, k) for k in ("in/a.json", "in/b c.json", "other/x.json")}
+
+    frame, counts = anon.source_candidates(spark, f"s3://{bucket}/in/")
+
+    assert counts == {bucket: 2}
+    expected = spark.createDataFrame([(bucket, "in/a.json", len(SECRET_LINES)), (bucket, "in/b c.json",
+                                                                                 len(SECRET_LINES))],
+                                     "bucket string, key string, size long")
+    assert_df_equality(frame.select("bucket", "key", "size"), expected, ignore_row_order=True,
+                       ignore_nullable=True)
+    summary, _ = anon.run(spark, frame, settings("src"), str(tmp_path / "r"), bucket_counts=counts)
+
+    got = results_by_key(spark, tmp_path / "r", "src")
+    assert sorted(got) == ["in/a.json", "in/b c.json"]
+    # The bucket was looked up from the counts: ACLs disabled, so GET + conditional PUT only.
+    assert {(r.status, r.requests) for r in got.values()} == {(anon.ANONYMIZED, 2)}
+    assert summary["statuses"] == {anon.ANONYMIZED: 2}
+    for key in ("in/a.json", "in/b c.json"):
+        assert object_state(bucket, key) == rewritten(before[key], BLANKED_LINES, "src", versions=0)  # unversioned
+    assert object_state(bucket, "other/x.json") == before["other/x.json"]
 
 
 def test_objects_younger_than_min_age_are_skipped_without_a_request(spark, moto_server, unique, tmp_path, s3):

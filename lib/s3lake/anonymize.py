@@ -224,7 +224,7 @@ def part_size_for(size: int, part_size: int) -> int:
 
 
 def line_batches(chunks: Iterable[bytes], max_line: int = DEFAULT_MAX_LINE) -> Iterator[tuple[list[bytes], bool]]:
-    """The lines of a byte stream, a list per input chunk, each line without its ``\n``; the flag says
+    """The lines of a byte stream, a list per input chunk, each line without its ``\\n``; the flag says
     whether the batch's last line ended with one (only the stream's final line may not)."""
     pending: list[bytes] = []
     pending_len = 0
@@ -273,13 +273,7 @@ def _make_encoder(spaced: bool, ascii_only: bool) -> Callable[[Any], str]:
         return fallback.encode
     string = json.encoder.encode_basestring_ascii if ascii_only else json.encoder.encode_basestring
     encoder = c_make_encoder(None, fallback.default, string, None, key_sep, item_sep, False, False, True)
-
-    def encode(record: Any) -> str:
-        if isinstance(record, str):
-            return string(record)
-        return "".join(encoder(record, 0))
-
-    return encode
+    return lambda record: "".join(encoder(record, 0))
 
 
 _ENCODERS = {(spaced, ascii_only): _make_encoder(spaced, ascii_only)
@@ -299,7 +293,7 @@ def _decode(text: str) -> Any:
 
 
 def _rewrite_text(text: bytes, rules: RuleSet) -> tuple[bytes | None, list[str]]:
-    """One line without its ``\n`` (a ``\r`` before it is kept): (new text or None, changed paths)."""
+    """One line without its ``\\n`` (a ``\\r`` before it is kept): (new text or None, changed paths)."""
     cr = text.endswith(b"\r")
     if cr:
         text = text[:-1]
