@@ -29,31 +29,20 @@ log = logging.getLogger("s3lake.anonymize")
 
 def parse_args(argv: Sequence[str] | None):
     p = cli.parser("anonymize.py", __doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--inventory-table", metavar="DB.TABLE", help="Glue table over the S3 Inventory (Athena style)")
-    src.add_argument("--inventory-manifest", metavar="S3_URL", help="s3:// URL of a delivery's manifest.json")
-    src.add_argument("--source", metavar="S3_URL", help="s3://bucket/prefix/ to list (ListObjectsV2)")
-    p.add_argument("--inventory-date", metavar="DT", help="partition dt=YYYY-MM-DD-HH-MM (default: the latest)")
+    cli.add_inventory_source(p, [("--source", "S3_URL", "s3://bucket/prefix/ to list (ListObjectsV2)")])
+    cli.add_run_options(p, concurrency=16, dry_run_help="write nothing; report records and fields per object",
+                        run_id_help="marker and results partition (default: from the source and the rules)")
     p.add_argument("--rules", required=True, metavar="PATH_OR_S3_URL", help="JSON rules file")
-    p.add_argument("--results", required=True, metavar="PATH", help="Hadoop path for the results dataset")
     p.add_argument("--hmac-key-param", metavar="NAME", help="SSM SecureString holding the HMAC key")
     p.add_argument("--min-age", default="300s", help="skip objects modified more recently (default 300s)")
     p.add_argument("--processed-tag", default="PROCESSED=true", metavar="KEY=VALUE",
                    help="tag added to every processed object; objects carrying it are skipped")
-    p.add_argument("--dry-run", action="store_true", help="write nothing; report records and fields per object")
-    p.add_argument("--run-id", help="marker and results partition (default: from the source and the rules)")
-    p.add_argument("--concurrency", type=int, default=16, help="objects in flight per Spark task (default 16)")
-    p.add_argument("--partitions", type=int, help="Spark tasks (default: from the candidate count)")
     p.add_argument("--part-size", type=int, default=anonymize.DEFAULT_PART_SIZE, metavar="BYTES",
                    help="multipart part size; outputs above it are streamed (default 8 MiB, min 5 MiB)")
     p.add_argument("--purge-noncurrent", action="store_true",
                    help="after a rewrite, delete the version that was read (its data is not anonymized)")
-    p.add_argument("--max-failures", type=int, default=0, help="exit 1 when more objects FAILED (default 0)")
     args = p.parse_args(argv)
-    if args.inventory_date and not args.inventory_table:
-        p.error("--inventory-date goes with --inventory-table")
-    if args.concurrency < 1 or (args.partitions is not None and args.partitions < 1):
-        p.error("--concurrency and --partitions must be at least 1")
+    cli.check_run_options(p, args)
     if args.part_size < anonymize.MIN_PART_SIZE:
         p.error("--part-size must be at least 5 MiB (5242880), S3's minimum part size")
     return args

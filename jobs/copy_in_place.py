@@ -27,30 +27,20 @@ log = logging.getLogger("s3lake.copy_in_place")
 
 def parse_args(argv: Sequence[str] | None):
     p = cli.parser("copy_in_place.py", __doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--inventory-table", metavar="DB.TABLE", help="Glue table over the S3 Inventory (Athena style)")
-    src.add_argument("--inventory-manifest", metavar="S3_URL", help="s3:// URL of a delivery's manifest.json")
-    p.add_argument("--inventory-date", metavar="DT", help="partition dt=YYYY-MM-DD-HH-MM (default: the latest)")
-    p.add_argument("--results", required=True, metavar="PATH", help="Hadoop path for the results dataset")
+    cli.add_inventory_source(p)
+    cli.add_run_options(p, concurrency=32, dry_run_help="write nothing; report WOULD_COPY or the skip reason",
+                        run_id_help="marker and results partition (default: derived from the inventory delivery)")
     p.add_argument("--statuses", default="none,FAILED",
                    help="replication statuses that make a candidate; 'none' = no status (default: none,FAILED)")
-    p.add_argument("--dry-run", action="store_true", help="write nothing; report WOULD_COPY or the skip reason")
-    p.add_argument("--run-id", help="marker and results partition (default: derived from the inventory delivery)")
     p.add_argument("--no-copy-acls", dest="copy_acls", action="store_false",
                    help="do not carry object ACL grants (the copy gets the bucket's default ACL)")
     p.add_argument("--acl-from-inventory", action="store_true",
                    help="take grants from the report's ObjectAccessControlList instead of GetObjectAcl "
                         "(one request less per object; grants changed since the report would be reverted)")
-    p.add_argument("--concurrency", type=int, default=32, help="objects in flight per Spark task (default 32)")
-    p.add_argument("--partitions", type=int, help="Spark tasks (default: from the candidate count)")
     p.add_argument("--multipart-threshold", type=int, default=copy_in_place.DEFAULT_THRESHOLD, metavar="BYTES",
                    help="multipart copy above this size (default 5 GiB, the CopyObject limit)")
-    p.add_argument("--max-failures", type=int, default=0, help="exit 1 when more objects FAILED (default 0)")
     args = p.parse_args(argv)
-    if args.inventory_date and not args.inventory_table:
-        p.error("--inventory-date goes with --inventory-table")
-    if args.concurrency < 1 or (args.partitions is not None and args.partitions < 1):
-        p.error("--concurrency and --partitions must be at least 1")
+    cli.check_run_options(p, args)
     if not 5 * 1024 * 1024 <= args.multipart_threshold <= copy_in_place.DEFAULT_THRESHOLD:
         p.error("--multipart-threshold must be between 5 MiB and 5 GiB")
     return args

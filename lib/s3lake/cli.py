@@ -21,6 +21,36 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     )
 
 
+def add_inventory_source(p: argparse.ArgumentParser, others: Sequence[tuple[str, str, str]] = ()) -> None:
+    """``--inventory-table DB.TABLE [--inventory-date DT] | --inventory-manifest S3_URL``, one of them
+    required, plus the job's ``others`` sources as (flag, metavar, help) in the same one-of group."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--inventory-table", metavar="DB.TABLE", help="Glue table over the S3 Inventory (Athena style)")
+    src.add_argument("--inventory-manifest", metavar="S3_URL", help="s3:// URL of a delivery's manifest.json")
+    for flag, metavar, help_text in others:
+        src.add_argument(flag, metavar=metavar, help=help_text)
+    p.add_argument("--inventory-date", metavar="DT", help="partition dt=YYYY-MM-DD-HH-MM (default: the latest)")
+
+
+def add_run_options(p: argparse.ArgumentParser, *, concurrency: int, dry_run_help: str, run_id_help: str) -> None:
+    """The options every per-object job has: results, dry run, run id, parallelism, failure budget."""
+    p.add_argument("--results", required=True, metavar="PATH", help="Hadoop path for the results dataset")
+    p.add_argument("--dry-run", action="store_true", help=dry_run_help)
+    p.add_argument("--run-id", help=run_id_help)
+    p.add_argument("--concurrency", type=int, default=concurrency,
+                   help=f"objects in flight per Spark task (default {concurrency})")
+    p.add_argument("--partitions", type=int, help="Spark tasks (default: from the candidate count)")
+    p.add_argument("--max-failures", type=int, default=0, help="exit 1 when more objects FAILED (default 0)")
+
+
+def check_run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The usage errors of :func:`add_inventory_source` and :func:`add_run_options` (exit 2, one line)."""
+    if args.inventory_date and not args.inventory_table:
+        p.error("--inventory-date goes with --inventory-table")
+    if args.concurrency < 1 or (args.partitions is not None and args.partitions < 1):
+        p.error("--concurrency and --partitions must be at least 1")
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is now (not the one at set-up, which a test runner may close)."""
 
