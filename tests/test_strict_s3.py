@@ -80,8 +80,10 @@ def test_an_object_written_without_a_checksum_gets_s3s_default_crc64nvme_only_in
         done = checksum_fields(raw_writers[mode].complete_multipart_upload(
             Bucket=bucket, Key="mpu", UploadId=upload,
             MultipartUpload={"Parts": [{"PartNumber": n + 1, "ETag": p["ETag"]} for n, p in enumerate(parts)]}))
-        mpu_head = checksum_fields(s3.head_object(Bucket=bucket, Key="mpu", ChecksumMode="ENABLED"))
-        return (put, head, checksum_fields(get), copy, done, mpu_head)
+        mpu_head = s3.head_object(Bucket=bucket, Key="mpu", ChecksumMode="ENABLED")
+        assert (mpu_head["ContentLength"], s3.head_object(Bucket=bucket, Key="put")["ContentLength"]) == \
+            (len(big), len(body))
+        return (put, head, checksum_fields(get), copy, done, checksum_fields(mpu_head))
     seen = each_server(servers, scenario)
     assert seen["plain"] == ({}, {}, {}, {}, {}, {})
     mpu = {"ChecksumCRC64NVME": crc64nvme(big), "ChecksumType": "FULL_OBJECT"}

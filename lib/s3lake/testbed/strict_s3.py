@@ -237,13 +237,14 @@ def checksum_answers(req: Request, status: int, headers: dict, body: Any) -> tup
     elif op == "PutObject":
         headers.setdefault(header, key.checksum_value)
         headers["x-amz-checksum-type"] = key.checksum_type or "FULL_OBJECT"
-    elif op == "CopyObject":
-        body = _insert_xml(body, "</CopyObjectResult>", f"<ChecksumType>{key.checksum_type}</ChecksumType>")
     else:
-        xml = f"<{name}>{_qualified(key)}</{name}><ChecksumType>{key.checksum_type}</ChecksumType>"
-        body = _insert_xml(body, "</CompleteMultipartUploadResult>", xml)
-    for k in [k for k in headers if k.lower() == "content-length"]:
-        headers[k] = str(len(body.encode() if isinstance(body, str) else body))
+        if op == "CopyObject":
+            body = _insert_xml(body, "</CopyObjectResult>", f"<ChecksumType>{key.checksum_type}</ChecksumType>")
+        else:
+            xml = f"<{name}>{_qualified(key)}</{name}><ChecksumType>{key.checksum_type}</ChecksumType>"
+            body = _insert_xml(body, "</CompleteMultipartUploadResult>", xml)
+        for k in [k for k in headers if k.lower() == "content-length"]:  # the XML result grew
+            headers[k] = str(len(body.encode() if isinstance(body, str) else body))
     return headers, body
 
 
