@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> None:
     modules = tuple(backends.list_of_moto_modules())
     backends.list_of_moto_modules = lambda: modules
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    from s3lake.testbed import iam_corrections
+
+    iam_corrections.install()
     from moto.server import main as moto_main
 
     moto_main(argv if argv is not None else sys.argv[1:])
