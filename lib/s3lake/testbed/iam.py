@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from s3lake import aws
+from s3lake.testbed.iam_corrections import AUDIT_TAG
 
 POLICY_DIR = Path(__file__).resolve().parents[3] / "conf" / "iam"
 ACCOUNT_ID = "123456789012"  # moto's default account
@@ -31,7 +32,7 @@ EC2_TRUST = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
 }
-_PLACEHOLDER = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
+_PLACEHOLDER = re.compile(r"\b(?:[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|REGION)\b")
 
 
 class PolicyError(ValueError):
@@ -95,14 +96,40 @@ def without_statement(policy: dict, sid: str, action: str | None = None) -> dict
     return {**policy, "Statement": kept}
 
 
-def create_principal(policy: dict, name: str | None = None) -> Principal:
-    """A role holding only ``policy`` (inline), assumed: its session credentials are the principal's."""
+def create_principal(policy: dict, name: str | None = None, audit: str | Path | None = None) -> Principal:
+    """A role holding only ``policy`` (inline), assumed: its session credentials are the principal's.
+
+    With ``audit`` (a file) the server appends each authorization decision for it: see :func:`read_audit`.
+    """
     name = name or f"s3lake-job-{uuid.uuid4().hex[:10]}"
     iam, sts = aws.client("iam"), aws.client("sts")
-    arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(EC2_TRUST))["Role"]["Arn"]
+    tags = [{"Key": AUDIT_TAG, "Value": str(audit)}] if audit else []
+    arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(EC2_TRUST), Tags=tags)["Role"]["Arn"]
     iam.put_role_policy(RoleName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
     creds = sts.assume_role(RoleArn=arn, RoleSessionName="i-0s3lake", DurationSeconds=43200)["Credentials"]
     return Principal(name, arn, policy, creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
+
+
+def read_audit(path: str | Path) -> list[dict]:
+    """The decisions the server recorded: ``{"action", "resource", "allowed", "sids"}`` per check."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def used_actions(decisions: list[dict]) -> set[tuple[str, str]]:
+    """(Sid, action) pairs of the policy that allowed at least one request."""
+    return {(sid, d["action"]) for d in decisions if d["allowed"] for sid in d["sids"]}
+
+
+def granted_actions(policy: dict) -> set[tuple[str, str]]:
+    """(Sid, action) pairs a policy grants (Allow statements)."""
+    pairs = set()
+    for s in policy["Statement"]:
+        if s.get("Effect") == "Allow":
+            pairs |= {(s.get("Sid", ""), a) for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
+    return pairs
 
 
 def _set(environ: Any, values: Mapping[str, str | None]) -> None:
