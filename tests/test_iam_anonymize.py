@@ -65,7 +65,9 @@ def lake(moto_server):
     s3.put_object(Bucket=bucket, Key="in/big.json", Body=big_lines(True), ServerSideEncryption="aws:kms",
                   SSEKMSKeyId=kms)
     s3.put_object(Bucket=bucket, Key="in/big-clean.json", Body=big_lines(False))
-    return {"bucket": bucket, "kms": kms, "param": param,
+    unversioned = make_bucket(f"iam-anon-uv-{u}")
+    s3.put_object(Bucket=unversioned, Key="in/secret.json", Body=secret, Tagging="keep=me", GrantFullControl=owner)
+    return {"bucket": bucket, "kms": kms, "param": param, "unversioned": unversioned,
             "policy": policy(bucket, rules_bucket, kms, ssm_kms, param),
             "args": ["--source", f"s3://{bucket}/in/", "--rules", f"s3://{rules_bucket}/rules/security-lake.json",
                      "--hmac-key-param", param, "--min-age", "0s", "--part-size", str(5 * MIB),
@@ -81,27 +83,43 @@ def run_as(spark, tmp, name, principal_policy, args):
     return code, rows, iam.read_audit(audit)
 
 
+def for_bucket(lake: dict, bucket: str) -> tuple[dict, list]:
+    """The lake's policy and arguments, for another data bucket."""
+    return (json.loads(json.dumps(lake["policy"]).replace(lake["bucket"], bucket)),
+            [a.replace(lake["bucket"], bucket) for a in lake["args"]])
+
+
 @pytest.fixture(scope="module")
 def shipped(spark, lake, tmp_path_factory):
-    return run_as(spark, tmp_path_factory.mktemp("iam-anon"), "anon", lake["policy"], lake["args"])
+    """The versioned lake, then an unversioned bucket (no version ids: the other half of each action pair)."""
+    tmp = tmp_path_factory.mktemp("iam-anon")
+    first = run_as(spark, tmp, "anon", lake["policy"], lake["args"])
+    second = run_as(spark, tmp, "anon_uv", *for_bucket(lake, lake["unversioned"]))
+    return first, second
+
+
+@pytest.fixture(scope="module")
+def audit(shipped):
+    return shipped[0][2] + shipped[1][2]
 
 
 def test_the_shipped_policy_rewrites_tags_and_streams_multipart_outputs(shipped, lake, s3):
-    code, rows, _ = shipped
+    code, rows, _ = shipped[0]
     assert (code, rows) == (0, {
         "in/secret.json": (anon.ANONYMIZED, None), "in/clean.json": (anon.TAGGED, None),
         "in/big.json": (anon.ANONYMIZED, None), "in/big-clean.json": (anon.TAGGED, None)})
     head = s3.head_object(Bucket=lake["bucket"], Key="in/secret.json")
     assert head["SSEKMSKeyId"] == lake["kms"] and head["Metadata"]["m"] == "1"
     assert s3.list_multipart_uploads(Bucket=lake["bucket"]).get("Uploads", []) == []
+    assert shipped[1][:2] == (0, {"in/secret.json": (anon.ANONYMIZED, None)})
 
 
-def test_no_request_of_the_run_was_denied(shipped):
-    assert [(d["action"], d["resource"]) for d in shipped[2] if not d["allowed"] and d["kind"] == "request"] == []
+def test_no_request_of_the_runs_was_denied(audit):
+    assert [(d["action"], d["resource"]) for d in audit if not d["allowed"] and d["kind"] == "request"] == []
 
 
-def test_every_action_the_policy_grants_was_needed_by_a_request(shipped, lake):
-    unused = {(sid, a) for sid, a in iam.granted_actions(lake["policy"]) - iam.used_actions(shipped[2])
+def test_every_action_the_policy_grants_was_needed_by_a_request(audit, lake):
+    unused = {(sid, a) for sid, a in iam.granted_actions(lake["policy"]) - iam.used_actions(audit)
               if sid not in EMR_ONLY | NOT_IN_THIS_RUN}
     assert unused == set()
 
@@ -110,9 +128,8 @@ def test_without_list_bucket_multipart_uploads_on_the_data_bucket_multipart_outp
     s3 = aws.s3()
     bucket = make_bucket(f"iam-anon-nl-{uuid.uuid4().hex[:10]}", versioned=True)
     s3.put_object(Bucket=bucket, Key="in/big.json", Body=big_lines(True))
-    crippled = json.loads(json.dumps(lake["policy"]).replace(lake["bucket"], bucket))
-    crippled = iam.without_statement(crippled, "DataBucketListing", "s3:ListBucketMultipartUploads")
-    args = [a.replace(lake["bucket"], bucket) for a in lake["args"]]
+    shipped_policy, args = for_bucket(lake, bucket)
+    crippled = iam.without_statement(shipped_policy, "DataBucketListing", "s3:ListBucketMultipartUploads")
 
     code, rows, _ = run_as(spark, tmp_path, "nl", crippled, args)
 
