@@ -21,7 +21,7 @@ from jobs import anonymize as job
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 EMR_ONLY = {"ReadLaunchArtifacts", "ListLaunchArtifacts", "WriteClusterLogs", "SparkGlueMetastoreDefaultDatabase",
-            "ResultsObjects", "ResultsListing"}
+            "ResultsObjects", "ResultsListing", "ResultsMultipartUploads"}
 # Statements the run below cannot use: an inventory input (copy-in-place's tests cover the same statements),
 # Object Lock (covered for copy-in-place; the same HEAD/GET rule applies).
 NOT_IN_THIS_RUN = {"ReadInventoryTable", "ReadInventoryFiles", "KeepObjectLock"}

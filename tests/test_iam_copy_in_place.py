@@ -23,7 +23,7 @@ from jobs import copy_in_place as job
 MIB = 1024 * 1024
 # Statements for the EMR cluster itself, not for the job's requests: no local run can use them.
 EMR_ONLY = {"ReadLaunchArtifacts", "ListLaunchArtifacts", "WriteClusterLogs", "SparkGlueMetastoreDefaultDatabase",
-            "ResultsObjects", "ResultsListing"}
+            "ResultsObjects", "ResultsListing", "ResultsMultipartUploads"}
 
 
 def policy(data_bucket: str, inventory_bucket: str, kms_key_arn: str, table: str = "unused_db.unused_table") -> dict:

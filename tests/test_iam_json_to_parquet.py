@@ -20,7 +20,8 @@ from jobs import json_to_parquet as job
 
 # Spark I/O statements (EMRFS/S3A on the cluster; local paths here) and the cluster's own statements.
 NOT_IN_TESTS = {"ReadLaunchArtifacts", "ListLaunchArtifacts", "WriteClusterLogs", "SparkGlueMetastoreDefaultDatabase",
-                "ReadInput", "ListInput", "WriteOutputAndBadRecords", "ListOutputAndBadRecords", "OutputKmsKey"}
+                "ReadInput", "ListInput", "WriteOutputAndBadRecords", "ListOutputAndBadRecords",
+                "ListOutputMultipartUploads", "OutputKmsKey"}
 LINES = [json.dumps({"id": str(i), "ts": f"2024-05-0{1 + i % 3}T10:00:00Z"}) for i in range(9)]
 
 
