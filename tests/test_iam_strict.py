@@ -36,7 +36,8 @@ def denied(code: str) -> bool:
 
 
 class PlainMoto(LoopbackProcess):
-    """Stock ``moto.server`` (none of the test bed's corrections), on its own port."""
+    """Stock ``moto.server`` (none of the test bed's corrections), on its own port: its IAM switch
+    (/moto-api/reset-auth) is global, so it is not the session's shared ``plain_moto``."""
 
     name = "plain moto server"
 
@@ -59,7 +60,7 @@ class PlainMoto(LoopbackProcess):
 
 
 @pytest.fixture(scope="module")
-def plain_moto():
+def plain_moto_iam():
     server = PlainMoto()
     server.start()
     yield server
@@ -73,7 +74,7 @@ def bed(request, moto_server, monkeypatch):
     ``bed.principal(policy)`` is set up with admin credentials; ``bed.on()`` switches IAM on (plain only).
     """
     if request.param == "plain":
-        server = request.getfixturevalue("plain_moto")
+        server = request.getfixturevalue("plain_moto_iam")
         monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
         aws._cache.clear()
         request.addfinalizer(aws._cache.clear)
@@ -88,11 +89,11 @@ def bed(request, moto_server, monkeypatch):
         @staticmethod
         def on():
             if request.param == "plain":
-                request.getfixturevalue("plain_moto").reset_auth(0)
+                request.getfixturevalue("plain_moto_iam").reset_auth(0)
 
     yield Bed
     if request.param == "plain":
-        request.getfixturevalue("plain_moto").reset_auth(10 ** 9)  # IAM off again for the next test
+        request.getfixturevalue("plain_moto_iam").reset_auth(10 ** 9)  # IAM off again for the next test
 
 
 def test_get_bucket_ownership_controls_is_authorized_as_its_own_action_not_list_bucket(bed, unique):
