@@ -182,42 +182,53 @@ def test_every_action_the_policy_grants_was_needed_by_a_request(runs, scenarios)
     assert unused == {("CopyObjectsInPlace", "s3:AbortMultipartUpload")}
 
 
-# -------------------------------------------------- each permission is needed: without it the run is worse
+# ------------------------------------------ each permission is needed: without it the run ends visibly worse
+# (kms:GenerateDataKey / kms:Decrypt through S3: tests/test_iam_strict.py, per call)
 
 
-def crippled(spark, scenarios, inv, name, scenario, sid, action=None):
-    """A fresh ``scenario`` run as a principal holding the shipped policy minus ``sid`` (or its ``action``)."""
-    bucket, delivery, shipped, extra = MAKERS[scenario](inv, uuid.uuid4().hex[:10])
-    run = Run(spark, scenarios["tmp"], name, iam.without_statement(shipped, sid, action), "--inventory-manifest",
-              delivery.manifest_url, *extra)
+def crippled(spark, scenarios, inv, name, scenario, removed):
+    """A fresh ``scenario`` run as a principal holding the shipped policy minus each (Sid, action) ``removed``."""
+    bucket, delivery, shipped, extra = MAKERS_FOR_CRIPPLED[scenario](inv, uuid.uuid4().hex[:10])
+    for sid, action in removed:
+        shipped = iam.without_statement(shipped, sid, action)
+    run = Run(spark, scenarios["tmp"], name, shipped, "--inventory-manifest", delivery.manifest_url, *extra)
     run.bucket = bucket
     return run
 
 
-def test_without_list_bucket_multipart_uploads_on_the_data_bucket_the_multipart_copy_fails(spark, scenarios, inv):
-    run = crippled(spark, scenarios, inv, "no_lbmu", "big", "DataBucketListing", "s3:ListBucketMultipartUploads")
-    assert run.statuses() == {"big/blob.bin": (cip.FAILED, "AccessDenied")}
+def make_mixed(inv: str, u: str) -> tuple:
+    """An Object Lock bucket holding a large SSE-KMS object, an object under retention and a deleted object."""
+    s3 = aws.s3()
+    locked, _, shipped, extra = make_locked(inv, u)
+    kms = make_kms_key()
+    s3.put_object(Bucket=locked, Key="big/blob.bin", Body=b"m" * (6 * MIB), ServerSideEncryption="aws:kms",
+                  SSEKMSKeyId=kms)
+    s3.put_object(Bucket=locked, Key="deleted.txt", Body=b"soon gone")
+    rows = [inventory_row(s3, locked, k) for k in ("locked.txt", "big/blob.bin", "deleted.txt")]
+    delivery = write_inventory(inv, locked, rows, config_id="mixed")
+    s3.delete_object(Bucket=locked, Key="deleted.txt")
+    return locked, delivery, policy(locked, inv, kms), ("--multipart-threshold", 5 * MIB)
 
 
-def test_without_list_bucket_a_deleted_object_is_failed_403_not_missing(spark, scenarios, inv):
-    run = crippled(spark, scenarios, inv, "no_lb", "plain", "DataBucketListing", "s3:ListBucket")
-    assert run.statuses()["deleted.txt"] == (cip.FAILED, "403")
+MAKERS_FOR_CRIPPLED = {**MAKERS, "mixed": make_mixed}
 
 
-def test_without_get_object_retention_the_copy_silently_loses_the_retention(spark, scenarios, inv, s3):
-    run = crippled(spark, scenarios, inv, "no_gor", "locked", "KeepObjectLock", "s3:GetObjectRetention")
-    assert run.statuses() == {"locked.txt": (cip.COPIED, None)}
+def test_without_the_data_bucket_listing_and_lock_reads_three_objects_each_end_worse(spark, scenarios, inv, s3):
+    """One run, three permissions removed, three independent effects (one object each)."""
+    run = crippled(spark, scenarios, inv, "no_list_no_lock", "mixed", [
+        ("DataBucketListing", "s3:ListBucketMultipartUploads"),  # the multipart copy cannot start
+        ("DataBucketListing", "s3:ListBucket"),                  # a deleted object is 403, not 404
+        ("KeepObjectLock", "s3:GetObjectRetention"),             # HEAD hides the retention: not re-sent
+    ])
+
+    assert run.statuses() == {"big/blob.bin": (cip.FAILED, "AccessDenied"), "deleted.txt": (cip.FAILED, "403"),
+                              "locked.txt": (cip.COPIED, None)}
     head = s3.head_object(Bucket=run.bucket, Key="locked.txt")
     assert "ObjectLockMode" not in head and head["ObjectLockLegalHoldStatus"] == "ON"
 
 
-def test_without_kms_generate_data_key_a_kms_object_fails(spark, scenarios, inv):
-    run = crippled(spark, scenarios, inv, "no_gdk", "big", "DataKmsKeys", "kms:GenerateDataKey")
-    assert run.statuses() == {"big/blob.bin": (cip.FAILED, "AccessDenied")}
-
-
 def test_without_get_object_version_a_multipart_copy_fails_and_its_upload_is_aborted(spark, scenarios, inv, s3):
-    run = crippled(spark, scenarios, inv, "no_gov", "big", "CopyObjectsInPlace", "s3:GetObjectVersion")
+    run = crippled(spark, scenarios, inv, "no_gov", "big", [("CopyObjectsInPlace", "s3:GetObjectVersion")])
     assert run.statuses() == {"big/blob.bin": (cip.FAILED, "AccessDenied")}
     assert ("CopyObjectsInPlace", "s3:AbortMultipartUpload") in iam.used_actions(run.audit)
     assert s3.list_multipart_uploads(Bucket=run.bucket).get("Uploads", []) == []
