@@ -205,17 +205,42 @@ def test_a_secure_string_read_needs_the_parameter_arn_and_kms_decrypt_on_its_key
 # Every S3 call the jobs make, with the IAM actions the Service Authorization Reference lists for it.
 @pytest.fixture
 def objects(moto_server, unique, s3):
-    bucket = make_bucket(f"iam-calls-{unique}", versioned=True, ownership="BucketOwnerPreferred")
+    """An Object Lock (so versioned) bucket with ACLs enabled, a tagged object, an SSE-KMS one, an open upload."""
+    bucket = f"iam-calls-{unique}"
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls={
+        "Rules": [{"ObjectOwnership": "BucketOwnerPreferred"}]})
     version = s3.put_object(Bucket=bucket, Key="k", Body=b"x" * 10, Tagging="a=1")["VersionId"]
     kms = make_kms_key()
     s3.put_object(Bucket=bucket, Key="kms", Body=b"x", ServerSideEncryption="aws:kms", SSEKMSKeyId=kms)
-    return bucket, version, kms
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    etag = s3.upload_part(Bucket=bucket, Key="k", UploadId=upload, PartNumber=1, Body=b"p")["ETag"]
+    return bucket, version, kms, (upload, etag)
 
 
-def s3_calls(bucket: str, version: str, kms: str, owner: str = "") -> list:
+def s3_calls(bucket: str, version: str, kms: str, owner: str = "", upload: tuple = ("", "")) -> list:
     b = f"arn:aws:s3:::{bucket}"
     o = f"{b}/k"
+    until = datetime.now(timezone.utc) + timedelta(days=1)
+    upload, etag = upload
     return [
+        ("CompleteMultipartUpload", lambda c: c.complete_multipart_upload(
+            Bucket=bucket, Key="k", UploadId=upload, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}),
+         [("s3:PutObject", o)]),
+        ("HeadObject If-Match", lambda c: c.head_object(Bucket=bucket, Key="k", IfMatch="*"), [("s3:GetObject", o)]),
+        ("GetObjectAcl", lambda c: c.get_object_acl(Bucket=bucket, Key="k"), [("s3:GetObjectAcl", o)]),
+        ("UploadPart", lambda c: c.upload_part(Bucket=bucket, Key="k", UploadId=upload, PartNumber=3, Body=b"p"),
+         [("s3:PutObject", o)]),
+        ("UploadPartCopy by version", lambda c: c.upload_part_copy(
+            Bucket=bucket, Key="k", UploadId=upload, PartNumber=2,
+            CopySource={"Bucket": bucket, "Key": "k", "VersionId": version}),
+         [("s3:PutObject", o), ("s3:GetObjectVersion", o)]),
+        ("AbortMultipartUpload", lambda c: c.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=upload),
+         [("s3:AbortMultipartUpload", o)]),
+        ("PutObject with Object Lock", lambda c: c.put_object(
+            Bucket=bucket, Key="k", Body=b"z", ChecksumAlgorithm="SHA256", ObjectLockMode="GOVERNANCE",
+            ObjectLockRetainUntilDate=until, ObjectLockLegalHoldStatus="ON"),
+         [("s3:PutObject", o), ("s3:PutObjectRetention", o), ("s3:PutObjectLegalHold", o)]),
         ("HeadObject", lambda c: c.head_object(Bucket=bucket, Key="k"), [("s3:GetObject", o)]),
         ("HeadObject version", lambda c: c.head_object(Bucket=bucket, Key="k", VersionId=version),
          [("s3:GetObjectVersion", o)]),
@@ -257,9 +282,9 @@ CALL_NAMES = [name for name, _, _ in s3_calls("b", "v", "k")]
 
 @pytest.mark.parametrize("name", CALL_NAMES)
 def test_each_s3_call_of_the_jobs_needs_exactly_its_documented_actions(objects, name):
-    bucket, version, kms = objects
+    bucket, version, kms, upload = objects
     owner = f'id="{aws.s3().get_bucket_acl(Bucket=bucket)["Owner"]["ID"]}"'
-    _, call, needs = next(c for c in s3_calls(bucket, version, kms, owner) if c[0] == name)
+    _, call, needs = next(c for c in s3_calls(bucket, version, kms, owner, upload) if c[0] == name)
 
     def policy(pairs):
         pairs = pairs or [("s3:GetBucketTagging", f"arn:aws:s3:::{bucket}")]  # IAM refuses an empty policy
