@@ -6,7 +6,8 @@ every request while holding a global lock, and werkzeug logs every request line.
 server, which made moto -- not the code under test -- the limit in benchmarks. The module list never
 changes while the server runs, so it is computed once; access logging is turned off.
 
-``--strict`` installs :mod:`s3lake.testbed.strict_s3` (the S3 behaviours moto lacks) before serving.
+``--strict`` installs :mod:`s3lake.testbed.strict_s3` (the S3 behaviours moto lacks) and
+:mod:`s3lake.testbed.iam_corrections` (IAM as AWS applies it, for principals) before serving.
 Everything else is moto's own ``moto.server.main``.
 """
 
@@ -26,9 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     backends.list_of_moto_modules = lambda: modules
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     if strict:
-        from s3lake.testbed import strict_s3
+        from s3lake.testbed import iam_corrections, strict_s3
 
         strict_s3.install()
+        iam_corrections.install()
     from moto.server import main as moto_main
 
     moto_main(args)
