@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> None:
     modules = tuple(backends.list_of_moto_modules())
     backends.list_of_moto_modules = lambda: modules
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    from s3lake.testbed import moto_replication
+
+    moto_replication.install()  # GetBucketReplication with each rule's own filter (moto answers Prefix "")
     from moto.server import main as moto_main
 
     moto_main(argv if argv is not None else sys.argv[1:])
