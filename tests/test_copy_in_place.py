@@ -11,6 +11,7 @@ from s3lake import results
 from s3lake.acl_grants import Acl
 from s3lake.object_attributes import ObjectState
 from s3lake.testbed.inventory import inventory_row, write_inventory
+from s3lake.testbed.replication import replicate_everything
 from s3lake.testbed.scenarios import seed_rich_bucket
 from s3lake.testbed.seed import make_bucket, object_state
 
@@ -33,7 +34,9 @@ def without_copy_effects(state, versions_added=1):
 @pytest.fixture
 def rich(moto_server, unique):
     inv = make_bucket(f"cip-inv-{unique}")
-    return seed_rich_bucket(f"cip-src-{unique}", inventory_bucket=inv, table=f"cip_{unique}.inventory")
+    scenario = seed_rich_bucket(f"cip-src-{unique}", inventory_bucket=inv, table=f"cip_{unique}.inventory")
+    replicate_everything(scenario.bucket)
+    return scenario
 
 
 def run_job(*args):
@@ -103,6 +106,7 @@ def test_dry_run_changes_nothing_and_reports_would_copy(spark, rich, tmp_path):
 def test_bucket_owner_enforced_bucket_sends_no_acl_and_uses_two_requests(spark, moto_server, unique, tmp_path):
     inv = make_bucket(f"cip-inv-{unique}")
     rich = seed_rich_bucket(f"cip-enf-{unique}", inventory_bucket=inv, ownership="BucketOwnerEnforced")
+    replicate_everything(rich.bucket)
     before = {key: object_state(rich.bucket, key) for key in rich.keys.values()}
 
     assert run_job("--inventory-manifest", rich.delivery.manifest_url, "--results", tmp_path / "r",
@@ -121,7 +125,7 @@ def test_bucket_owner_enforced_bucket_sends_no_acl_and_uses_two_requests(spark, 
 
 
 def test_multipart_copy_above_a_lowered_threshold_keeps_everything(spark, moto_server, unique, tmp_path, s3):
-    bucket = make_bucket(f"cip-mp-{unique}", versioned=True)
+    bucket = replicate_everything(make_bucket(f"cip-mp-{unique}", versioned=True))
     inv = make_bucket(f"cip-inv-{unique}")
     body = bytes(range(256)) * (12 * 1024 * 1024 // 256 + 3)  # ~12 MiB, not a multiple of the part size
     s3.put_object(Bucket=bucket, Key="big/blob.bin", Body=body, Tagging="keep=me&x=y", ContentType="video/mp4",
@@ -150,7 +154,7 @@ def test_multipart_copy_above_a_lowered_threshold_keeps_everything(spark, moto_s
 
 
 def test_missing_changed_and_archived_objects_are_skipped(spark, moto_server, unique, tmp_path, s3):
-    bucket = make_bucket(f"cip-skip-{unique}", versioned=True)
+    bucket = replicate_everything(make_bucket(f"cip-skip-{unique}", versioned=True))
     inv = make_bucket(f"cip-inv-{unique}")
     for key in ("gone", "changed", "same"):
         s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
@@ -183,7 +187,7 @@ def test_statuses_option_selects_failed_only(spark, moto_server, unique, tmp_pat
     delivery = write_inventory(inv, bucket, rows)
 
     run_job("--inventory-manifest", delivery.manifest_url, "--results", tmp_path / "r", "--run-id", "f",
-            "--statuses", "FAILED")
+            "--statuses", "FAILED", "--no-replication-check")  # an unversioned bucket: nothing replicates
 
     assert {k: r.status for k, r in results_by_key(spark, tmp_path / "r", "f").items()} == {"failed": cip.COPIED}
 

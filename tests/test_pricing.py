@@ -65,24 +65,24 @@ def test_estimate_prices_each_request_at_its_storage_class():
     assert cost["one_time"] == pytest.approx(0.01 + 0.001 + 0.0000004 + 0.06 + 0.1)
 
 
-def test_tallies_merge_and_subtract():
-    a = pricing.Tally().add("HeadObject", 2).add("CopyObject", 1)
+def test_tallies_merge_made_and_predicted_requests():
+    a = pricing.Tally().add("HeadObject", 2).predict("CopyObject", 1)
     a.add_version("STANDARD", 5)
     b = pricing.Tally().add("HeadObject", 3)
-    b.kms_calls = 2
+    b.kms_calls, b.counted = 2, 3
     merged = pricing.Tally().merge(a).merge(b)
     assert merged.by_operation() == {"CopyObject": 1, "HeadObject": 5} and merged.kms_calls == 2
-    assert merged.minus(b).by_operation() == {"CopyObject": 1, "HeadObject": 2}
+    assert merged.by_operation(made_only=True) == {"HeadObject": 5} and merged.counted == 3
     assert merged.new_bytes == {"STANDARD": 5} and merged.total_requests == 6
 
 
 def test_format_estimate_names_the_date_the_source_and_the_total():
-    tally = pricing.Tally().add("CopyObject", 2000)
+    tally = pricing.Tally().predict("CopyObject", 2000)
     tally.add_version("STANDARD", pricing.GIB)
     text = pricing.format_estimate(tally, table())
     assert text.splitlines()[0] == ("estimated cost of the real run (us-east-1 list prices as of 2026-12-01, "
                                     "https://aws.amazon.com/s3/pricing/):")
-    assert "  CopyObject                           2000 requests (put)" in text
+    assert "  CopyObject                           2000 requests (put; 0 made by this run)" in text
     assert "  one-time total               USD 0.0100" in text
 
 

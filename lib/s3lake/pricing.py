@@ -145,18 +145,37 @@ def load(path: str | None = None) -> PriceTable:
 
 @dataclass
 class Tally:
-    """Requests by (operation, storage class), KMS calls, new versions' bytes and count by class."""
+    """Requests by (operation, storage class), KMS calls, new versions' bytes and count by class.
+
+    ``requests`` were made; ``predicted`` are the writes a dry run did not make and the real run will.
+    ``counted`` is the jobs' own per-object request count (retries included), to tell the driver's apart.
+    """
 
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
     kms_calls: int = 0
     new_bytes: dict[str, int] = field(default_factory=dict)
     new_versions: dict[str, int] = field(default_factory=dict)
+    predicted: dict[tuple[str, str], int] = field(default_factory=dict)
+    counted: int = 0
 
     def add(self, operation: str, n: int = 1, storage_class: str = "STANDARD") -> Tally:
         if n:
             key = (operation, storage_class or "STANDARD")
             self.requests[key] = self.requests.get(key, 0) + n
         return self
+
+    def predict(self, operation: str, n: int = 1, storage_class: str = "STANDARD") -> Tally:
+        if n:
+            key = (operation, storage_class or "STANDARD")
+            self.predicted[key] = self.predicted.get(key, 0) + n
+        return self
+
+    def all_requests(self) -> dict[tuple[str, str], int]:
+        """Made plus predicted: what the real run makes."""
+        out = dict(self.requests)
+        for key, n in self.predicted.items():
+            out[key] = out.get(key, 0) + n
+        return out
 
     def add_version(self, storage_class: str, size: int) -> Tally:
         cls = storage_class or "STANDARD"
@@ -167,34 +186,26 @@ class Tally:
     def merge(self, other: Tally) -> Tally:
         for (op, cls), n in other.requests.items():
             self.add(op, n, cls)
+        for (op, cls), n in other.predicted.items():
+            self.predict(op, n, cls)
         self.kms_calls += other.kms_calls
+        self.counted += other.counted
         for cls, n in other.new_bytes.items():
             self.new_bytes[cls] = self.new_bytes.get(cls, 0) + n
         for cls, n in other.new_versions.items():
             self.new_versions[cls] = self.new_versions.get(cls, 0) + n
         return self
 
-    def minus(self, other: Tally) -> Tally:
-        """This tally without ``other``'s requests (what a real run adds to a dry run's)."""
-        out = Tally(dict(self.requests), self.kms_calls - other.kms_calls, dict(self.new_bytes),
-                    dict(self.new_versions))
-        for key, n in other.requests.items():
-            left = out.requests.get(key, 0) - n
-            if left:
-                out.requests[key] = left
-            else:
-                out.requests.pop(key, None)
-        return out
-
-    def by_operation(self) -> dict[str, int]:
+    def by_operation(self, made_only: bool = False) -> dict[str, int]:
+        """Requests per operation: made plus predicted (the real run), or ``made_only``."""
         out: dict[str, int] = {}
-        for (op, _), n in self.requests.items():
+        for (op, _), n in (self.requests if made_only else self.all_requests()).items():
             out[op] = out.get(op, 0) + n
         return dict(sorted(out.items()))
 
     @property
     def total_requests(self) -> int:
-        return sum(self.requests.values())
+        return sum(self.all_requests().values())
 
 
 def copy_write_requests(parts: int | None, tags_to_read: bool) -> dict[str, int]:
@@ -221,7 +232,7 @@ def kms_calls(sse: str | None, bucket_key_enabled: bool, parts: int | None) -> i
 def estimate(tally: Tally, table: PriceTable) -> dict[str, Any]:
     """Dollar figures for ``tally``: requests by tier, KMS, retrieval, monthly storage, replication transfer."""
     by_tier: dict[str, dict[str, float]] = {}
-    for (op, cls), n in sorted(tally.requests.items()):
+    for (op, cls), n in sorted(tally.all_requests().items()):
         t = tier(op)
         entry = by_tier.setdefault(t, {"requests": 0, "cost": 0.0})
         entry["requests"] += n
@@ -255,8 +266,9 @@ def format_estimate(tally: Tally, table: PriceTable, title: str = "estimated cos
     cost = estimate(tally, table)
     cur = table.currency
     lines = [f"{title} ({table.region} list prices as of {table.as_of}, {table.sources[0]}):"]
+    made = tally.by_operation(made_only=True)
     for op, n in tally.by_operation().items():
-        lines.append(f"  {op:<28} {n:>12} requests ({tier(op)})")
+        lines.append(f"  {op:<28} {n:>12} requests ({tier(op)}; {made.get(op, 0)} made by this run)")
     lines.append(f"  {'KMS requests':<28} {tally.kms_calls:>12}")
     for cls, n in sorted(tally.new_bytes.items()):
         lines.append(f"  new versions {cls:<15} {tally.new_versions.get(cls, 0):>12} objects, {_size(n)}")
