@@ -179,7 +179,7 @@ def test_dry_run_estimate_equals_the_requests_the_real_run_then_makes_at_the_pro
     assert would["HeadObject"] == made["HeadObject"] == len(keys)
     assert "  KMS requests                            2" in out
     assert "  new versions STANDARD_IA                1 objects, 3 B" in out
-    assert re.search(r"^  one-time total +USD \d+\.\d{4}$", out, re.M)
+    assert re.search(r"^  one-time total +USD [\d,]+\.\d+$", out, re.M)
     assert statuses(spark, tmp_path / "r", "real")["other/wrong"][0] == cip.SKIPPED_OUT_OF_SCOPE
 
 

@@ -83,7 +83,10 @@ def test_format_estimate_names_the_date_the_source_and_the_total():
     assert text.splitlines()[0] == ("estimated cost of the real run (us-east-1 list prices as of 2026-12-01, "
                                     "https://aws.amazon.com/s3/pricing/):")
     assert "  CopyObject                           2000 requests (put; 0 made by this run)" in text
-    assert "  one-time total               USD 0.0100" in text
+    assert "  one-time total               USD 0.01" in text
+    assert "  storage of the old versions  USD 0.02 per month" in text
+    tiny = pricing.format_estimate(pricing.Tally().predict("CopyObject", 3), table())
+    assert "  one-time total               USD 0.000015" in tiny
 
 
 @pytest.mark.parametrize(

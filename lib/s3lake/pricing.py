@@ -261,6 +261,13 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _money(x: float) -> str:
+    """Cents for real sums, six decimals for the tiny sums of small runs."""
+    if x == 0 or x >= 0.01:
+        return f"{x:,.2f}"
+    return f"{x:.6f}"
+
+
 def format_estimate(tally: Tally, table: PriceTable, title: str = "estimated cost of the real run") -> str:
     """The dry run's closing lines: requests by operation, KMS, bytes by class, dollars."""
     cost = estimate(tally, table)
@@ -273,13 +280,13 @@ def format_estimate(tally: Tally, table: PriceTable, title: str = "estimated cos
     for cls, n in sorted(tally.new_bytes.items()):
         lines.append(f"  new versions {cls:<15} {tally.new_versions.get(cls, 0):>12} objects, {_size(n)}")
     for t, e in sorted(cost["requests"].items()):
-        lines.append(f"  {t + ' requests':<28} {cur} {e['cost']:.4f}")
-    lines.append(f"  {'KMS':<28} {cur} {cost['kms']:.4f}")
+        lines.append(f"  {t + ' requests':<28} {cur} {_money(e['cost'])}")
+    lines.append(f"  {'KMS':<28} {cur} {_money(cost['kms'])}")
     if cost["retrieval"]:
-        lines.append(f"  {'retrieval (IA/Glacier IR)':<28} {cur} {cost['retrieval']:.4f}")
-    lines.append(f"  {'one-time total':<28} {cur} {cost['one_time']:.4f}")
-    lines.append(f"  {'storage of the old versions':<28} {cur} {cost['storage_per_month']:.4f} per month "
+        lines.append(f"  {'retrieval (IA/Glacier IR)':<28} {cur} {_money(cost['retrieval'])}")
+    lines.append(f"  {'one-time total':<28} {cur} {_money(cost['one_time'])}")
+    lines.append(f"  {'storage of the old versions':<28} {cur} {_money(cost['storage_per_month'])} per month "
                  "(until noncurrent versions expire)")
-    lines.append(f"  {'replication transfer':<28} {cur} {cost['replication_transfer']:.4f} "
+    lines.append(f"  {'replication transfer':<28} {cur} {_money(cost['replication_transfer'])} "
                  "(when replication copies the new versions)")
     return "\n".join(lines)
