@@ -4,7 +4,7 @@
         (--inventory-table DB.TABLE [--inventory-date DT] | --inventory-manifest S3_URL | --from-report PATH) \\
         --results PATH [--statuses none,FAILED] [--dry-run] [--prices FILE] [--run-id ID] [--no-copy-acls] \\
         [--acl-from-inventory] [--concurrency N] [--partitions N] [--multipart-threshold BYTES] \\
-        [--no-replication-check] [--results-table DB.TABLE] [--max-failures N]
+        [--no-replication-check] [--results-table DB.TABLE] [--max-failures N] [--request-payer requester]
 
 Reads the bucket's S3 Inventory, picks the latest versions whose replication status is one of
 ``--statuses`` and copies each onto itself keeping ACL, SSE (exact KMS key), storage class, tags, user
@@ -15,7 +15,8 @@ copies again the objects a replication report (jobs/replication_report.py) found
 ends with what the real run would cost (requests, KMS calls, new versions' bytes, dollars from
 ``--prices``, default conf/prices/us-east-1.json). Writes one result row per candidate under
 ``--results`` (Parquet, partition ``run_id=...``; ``--results-table`` registers it in Glue) and prints a
-summary. Exit status: 0, 1 when FAILED objects exceed ``--max-failures``, 2 for bad input (nothing touched).
+summary. Exit status: 0, 1 when FAILED objects exceed ``--max-failures``, 2 for bad input (nothing touched:
+also a source bucket that is missing, in another region or denied, and a missing AWS CRT).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 from typing import Sequence
 
 from s3lake import (
+    aws,
     cli,
     copy_in_place,
     inventory,
@@ -90,6 +92,8 @@ def _scopes(args, buckets):
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    aws.require_crt()
+    aws.use_request_payer(args.request_payer)
     statuses = copy_in_place.parse_statuses(args.statuses)
     prices = pricing.load(args.prices)
     if args.results_table:
@@ -107,6 +111,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         concurrency=args.concurrency,
         multipart_threshold=args.multipart_threshold,
         scopes=scopes,
+        request_payer=args.request_payer,
     )
     summary, _ = copy_in_place.run(spark, candidates, settings, args.results, args.partitions)
     if args.results_table:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -19,6 +20,24 @@ def make_bucket(name: str, *, versioned: bool = False, ownership: str | None = N
     if versioned:
         s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
     return name
+
+
+def writer() -> Any:
+    """An S3 client that sends no checksum of its own, as most of a lake's writers do (Firehose, older SDKs).
+
+    Strict S3 then gives each object S3's default CRC64NVME full-object checksum, the way S3 stores
+    every new object since December 2024; seeded fixtures are written through it.
+    """
+    return _writer(aws.endpoint_url("s3"), aws.region())
+
+
+@functools.cache
+def _writer(endpoint: str | None, region: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = aws.client_config().merge(Config(request_checksum_calculation="when_required"))
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
 
 
 def make_kms_key(description: str = "s3lake test key") -> str:
