@@ -202,7 +202,7 @@ def test_a_price_table_that_does_not_parse_is_one_line_and_nothing_is_touched(
 # -------------------------------------------------------------------------------------- from report
 
 
-def test_from_report_copies_exactly_the_failed_objects(spark, moto_server, unique, tmp_path, s3):
+def test_from_report_copies_exactly_the_failed_objects(spark, moto_server, unique, tmp_path, s3, glue):
     bucket = replicate_everything(make_bucket(f"fr-{unique}"))
     keys = [f"k{i}" for i in range(6)]
     for key in keys:
@@ -210,12 +210,14 @@ def test_from_report_copies_exactly_the_failed_objects(spark, moto_server, uniqu
     inv = make_bucket(f"fr-inv-{unique}")
     first = write_inventory(inv, bucket, [inventory_row(s3, bucket, k) for k in keys])
     results_path = str(tmp_path / "lake" / "results")
-    assert run_job("--inventory-manifest", first.manifest_url, "--results", results_path, "--run-id", "r1") == 0
+    db = f"fr_{unique}"
+    assert run_job("--inventory-manifest", first.manifest_url, "--results", results_path, "--run-id", "r1",
+                   "--results-table", f"{db}.copy_results") == 0
     failed = {"k1", "k4"}
     rows = [inventory_row(s3, bucket, k, replication_status="FAILED" if k in failed else "COMPLETED") for k in keys]
     later_delivery = write_inventory(inv, bucket, rows, when=later())
     assert report_job.main(["--results", results_path, "--run-id", "r1", "--inventory-manifest",
-                            later_delivery.manifest_url]) == 1
+                            later_delivery.manifest_url, "--results-table", f"{db}.replication_report"]) == 1
     report = f"{rr.default_report_path(results_path)}/run_id=r1"
     versions = {k: count_versions(bucket, k) for k in keys}
 
@@ -225,6 +227,28 @@ def test_from_report_copies_exactly_the_failed_objects(spark, moto_server, uniqu
     assert {k: count_versions(bucket, k) - versions[k] for k in keys} == {k: int(k in failed) for k in keys}
     meta = s3.head_object(Bucket=bucket, Key="k1")["Metadata"]
     assert meta[cip.MARKER] == "retry"
+    readme_queries_run(glue, db, "r1")
+
+
+def readme_queries_run(glue, db, run_id):
+    """The README's Athena queries, as written, over the tables the jobs registered (DuckDB plays Athena)."""
+    import pytest
+
+    duckdb = pytest.importorskip("duckdb")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sql = readme.split("**Results in Athena.**", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA s3lake")
+    for table in ("copy_results", "replication_report"):
+        location = glue.get_table(DatabaseName=db, Name=table)["Table"]["StorageDescriptor"]["Location"]
+        con.execute(f"CREATE VIEW s3lake.{table} AS SELECT * FROM "
+                    f"read_parquet('{location.rstrip('/')}/*/*.parquet', hive_partitioning = true)")
+    answers = []
+    for statement in (q for q in sql.split(";") if q.strip().replace("-", "").strip()):
+        answers.append(con.execute(re.sub(r"'cip-[^']+'", f"'{run_id}'", statement)).fetchall())
+    assert answers[0] == [("COPIED", 6, 12, 18)]
+    assert sorted(answers[1]) == [("COMPLETED", 4), ("FAILED", 2)]
+    assert sorted(r[1] for r in answers[2]) == ["k1", "k4"]
 
 
 # ---------------------------------------------------------------------------------------- Glue table
@@ -248,3 +272,10 @@ def test_results_table_registers_the_run_partition_for_athena(spark, moto_server
     assert sorted((p["Values"][0], p["StorageDescriptor"]["Location"]) for p in parts) == [
         ("a", f"{tmp_path / 'r'}/run_id=a/"), ("b", f"{tmp_path / 'r'}/run_id=b/")]
     assert Path(f"{tmp_path / 'r'}/run_id=b").is_dir()
+
+
+def test_from_report_over_a_missing_report_is_one_line(spark, moto_server, tmp_path, capsys):
+    assert run_job("--from-report", tmp_path / "no-report", "--results", tmp_path / "r") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"s3lake: error: cannot read the replication report at {tmp_path / 'no-report'}: ")
+    assert "\n" not in err and not (tmp_path / "r").exists()

@@ -258,11 +258,13 @@ def failed_candidates(spark: SparkSession, report_path: str) -> DataFrame:
     ``report_path`` is the report dataset (every run) or one ``run_id=...`` partition of it. Each object's
     newest check decides; the copied version is the expected one (a newer write is SKIPPED_CHANGED).
     """
-    if not os.path.basename(report_path.rstrip("/")).startswith("run_id="):
-        frame = spark.read.schema(SCHEMA).parquet(report_path)
-    else:
-        frame = spark.read.schema(T.StructType([f for f in SCHEMA.fields if f.name != "run_id"])).parquet(
-            report_path)
+    partition = os.path.basename(report_path.rstrip("/")).startswith("run_id=")
+    schema = T.StructType([f for f in SCHEMA.fields if f.name != "run_id"]) if partition else SCHEMA
+    try:
+        frame = spark.read.schema(schema).parquet(report_path)
+    except Exception as exc:  # noqa: BLE001 - Spark's AnalysisException for a missing path
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ReportInputError(f"cannot read the replication report at {report_path}: {first}") from None
     from pyspark.sql import Window
 
     newest = Window.partitionBy("bucket", "key").orderBy(F.col("checked_at").desc())

@@ -170,18 +170,20 @@ FETCH_REQUESTS = {"GetBucketVersioning": 1, "GetBucketReplication": 1}
 def fetch(bucket: str) -> Scope:
     """GetBucketVersioning + GetBucketReplication, then :func:`parse` (one line on any refusal)."""
     from s3lake import aws
+    from s3lake.bucket_lookup import unreachable
 
     s3 = aws.s3()
     try:
         versioning = s3.get_bucket_versioning(Bucket=bucket).get("Status")
-    except Exception as exc:  # noqa: BLE001
-        raise ReplicationScopeError(f"bucket {bucket}: cannot read versioning ({aws.error_code(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - missing, other region, denied: the jobs' usual one line
+        raise unreachable(bucket, exc) from None
     configuration = None
     try:
         configuration = s3.get_bucket_replication(Bucket=bucket).get("ReplicationConfiguration")
     except Exception as exc:  # noqa: BLE001
         if aws.error_code(exc) != "ReplicationConfigurationNotFoundError":
             raise ReplicationScopeError(
-                f"bucket {bucket}: cannot read the replication configuration ({aws.error_code(exc)})") from None
+                f"bucket {bucket}: cannot read the replication configuration ({aws.error_code(exc)}; the role "
+                "needs s3:GetReplicationConfiguration, or pass --no-replication-check)") from None
     check_versioning(bucket, versioning)
     return parse(bucket, configuration)
