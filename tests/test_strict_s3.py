@@ -80,8 +80,10 @@ def test_an_object_written_without_a_checksum_gets_s3s_default_crc64nvme_only_in
         done = checksum_fields(raw_writers[mode].complete_multipart_upload(
             Bucket=bucket, Key="mpu", UploadId=upload,
             MultipartUpload={"Parts": [{"PartNumber": n + 1, "ETag": p["ETag"]} for n, p in enumerate(parts)]}))
-        mpu_head = checksum_fields(s3.head_object(Bucket=bucket, Key="mpu", ChecksumMode="ENABLED"))
-        return (put, head, checksum_fields(get), copy, done, mpu_head)
+        mpu_head = s3.head_object(Bucket=bucket, Key="mpu", ChecksumMode="ENABLED")
+        assert (mpu_head["ContentLength"], s3.head_object(Bucket=bucket, Key="put")["ContentLength"]) == \
+            (len(big), len(body))
+        return (put, head, checksum_fields(get), copy, done, checksum_fields(mpu_head))
     seen = each_server(servers, scenario)
     assert seen["plain"] == ({}, {}, {}, {}, {}, {})
     mpu = {"ChecksumCRC64NVME": crc64nvme(big), "ChecksumType": "FULL_OBJECT"}
@@ -98,6 +100,29 @@ def test_a_client_checksum_is_kept_and_typed_and_a_copy_keeps_the_source_algorit
     for key in ("c", "copy"):
         head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         assert checksum_fields(head) == {"ChecksumCRC32C": c32c, "ChecksumType": "FULL_OBJECT"}
+
+
+def test_multipart_uploads_with_an_algorithm_check_and_return_part_checksums_only_in_strict_mode(servers, unique):
+    data = os.urandom(5 * MIB)
+
+    def scenario(s3, mode):
+        bucket = f"crc-parts-{mode}-{unique}"
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key="src", Body=data)
+        upload = s3.create_multipart_upload(Bucket=bucket, Key="dst", ChecksumAlgorithm="CRC32C")["UploadId"]
+        wrong = outcome(lambda: s3.upload_part(Bucket=bucket, Key="dst", UploadId=upload, PartNumber=2, Body=b"x",
+                                               ChecksumAlgorithm="CRC32"))
+        copied = s3.upload_part_copy(Bucket=bucket, Key="dst", UploadId=upload, PartNumber=1,
+                                     CopySource={"Bucket": bucket, "Key": "src"})["CopyPartResult"]
+        part = {"PartNumber": 1, "ETag": copied["ETag"]}
+        unlisted = outcome(lambda: s3.complete_multipart_upload(Bucket=bucket, Key="dst", UploadId=upload,
+                                                                MultipartUpload={"Parts": [part]}))
+        return wrong, checksum_fields(copied), unlisted
+
+    seen = each_server(servers, scenario)
+    crc32c = base64.b64encode(checksums.crc32c(data).to_bytes(4, "big")).decode()
+    assert seen["plain"] == ("ok", {}, "ok")
+    assert seen["strict"] == ((400, "InvalidRequest"), {"ChecksumCRC32C": crc32c}, (400, "InvalidRequest"))
 
 
 def test_seeded_fixtures_are_written_without_a_client_checksum_so_they_carry_crc64nvme(moto_server, s3, unique):

@@ -81,6 +81,8 @@ def object_state(bucket: str, key: str, *, with_acl: bool = True) -> dict[str, A
         "object_lock_mode": head.get("ObjectLockMode"),
         "object_lock_retain_until": head.get("ObjectLockRetainUntilDate"),
         "legal_hold": head.get("ObjectLockLegalHoldStatus"),
+        # the algorithm and type S3 keeps (the value follows from the bytes, compared as sha256)
+        "checksum": checksum_kind(head),
         "tags": sorted((t["Key"], t["Value"]) for t in tags),
         "size": head["ContentLength"],
         "sha256": digest,
@@ -91,6 +93,12 @@ def object_state(bucket: str, key: str, *, with_acl: bool = True) -> dict[str, A
         state["owner"] = acl["Owner"].get("ID")
         state["grants"] = sorted(json.dumps(g, sort_keys=True) for g in acl["Grants"])
     return state
+
+
+def checksum_kind(head: dict[str, Any]) -> str | None:
+    """``"CRC64NVME FULL_OBJECT"``: the stored checksum's algorithm and type from a HEAD with ChecksumMode."""
+    names = sorted(k[len("Checksum"):] for k in head if k.startswith("Checksum") and k != "ChecksumType")
+    return " ".join(names + [head.get("ChecksumType") or "?"]) if names else None
 
 
 def count_versions(bucket: str, key: str) -> int:
