@@ -20,7 +20,7 @@ from s3lake.bucket_lookup import bucket_info
 from s3lake.object_attributes import ObjectState
 from s3lake.testbed.inventory import inventory_row, write_inventory
 from s3lake.testbed.proxy import FaultPlan, S3Proxy
-from s3lake.testbed.seed import count_versions, make_bucket, make_kms_key, object_state
+from s3lake.testbed.seed import count_versions, make_bucket, make_kms_key, object_state, writer
 
 from jobs import anonymize as job
 
@@ -550,7 +550,7 @@ def test_a_large_crc64nvme_object_keeps_a_full_object_checksum_that_s3_verifies(
 
     bucket = make_bucket(f"anon-crc-{unique}", versioned=True)
     body, expected = big_lines()
-    s3.put_object(Bucket=bucket, Key="c.json", Body=body, ChecksumAlgorithm="CRC64NVME")
+    writer().put_object(Bucket=bucket, Key="c.json", Body=body)  # no client checksum: S3's default CRC64NVME
     creates, completes = [], []
     hook(once_client(), "provide-client-params.s3.CreateMultipartUpload", lambda params, **_: creates.append(params))
     hook(once_client(), "provide-client-params.s3.CompleteMultipartUpload",
@@ -591,3 +591,22 @@ def test_metadata_that_the_marker_would_push_over_2_kb_is_its_own_status(moto_se
 
     assert row["status"] == anon.SKIPPED_METADATA_TOO_LARGE
     assert object_state(bucket, "m.json") == before
+
+
+def test_sse_c_objects_are_skipped_from_the_inventory_or_from_s3s_400_never_failed(spark, moto_server, unique,
+                                                                                  tmp_path, s3):
+    bucket = make_bucket(f"anon-ssec-{unique}", versioned=True)
+    inv = make_bucket(f"anon-inv-{unique}")
+    for key in ("listed.json", "unlisted.json"):
+        s3.put_object(Bucket=bucket, Key=key, Body=SECRET_LINES, SSECustomerAlgorithm="AES256",
+                      SSECustomerKey="k" * 32)
+    rows = [{"key": "listed.json", "size": 60, "encryption_status": "SSE-C"},
+            {"key": "unlisted.json", "size": 60}]  # a report without EncryptionStatus: S3's 400 decides
+    delivery = write_inventory(inv, bucket, rows)
+
+    assert job.main(["--inventory-manifest", delivery.manifest_url, "--rules", str(BLANK_RULES), "--results",
+                     str(tmp_path / "r"), "--run-id", "c", "--min-age", "0s"]) == 0
+
+    got = results_by_key(spark, tmp_path / "r", "c")
+    assert {k: (r.status, r.requests) for k, r in got.items()} == {
+        "listed.json": (anon.SKIPPED_SSE_C, 0), "unlisted.json": (anon.SKIPPED_SSE_C, 1)}

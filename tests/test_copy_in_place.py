@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -580,3 +580,45 @@ def test_the_job_refuses_to_start_without_the_aws_crt(tmp_path):
         "s3lake: error: the AWS CRT is missing: install botocore[crt] (awscrt), needed for S3's CRC64NVME "
         "and CRC32C checksums"]
     assert not (tmp_path / "r").exists()
+
+
+SSE_C_KEY = "k" * 32
+
+
+def test_sse_c_objects_are_skipped_from_the_inventory_or_from_s3s_400_never_failed(spark, moto_server, unique,
+                                                                                  tmp_path, s3):
+    bucket = make_bucket(f"cip-ssec-{unique}", versioned=True)
+    inv = make_bucket(f"cip-inv-{unique}")
+    for key in ("listed", "unlisted"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"secret", SSECustomerAlgorithm="AES256",
+                      SSECustomerKey=SSE_C_KEY)
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"plain")
+    rows = [{"key": "listed", "size": 6, "encryption_status": "SSE-C"},
+            {"key": "unlisted", "size": 6},  # a report without EncryptionStatus: S3's 400 decides
+            inventory_row(s3, bucket, "plain")]
+    delivery = write_inventory(inv, bucket, rows)
+
+    assert run_job("--inventory-manifest", delivery.manifest_url, "--results", tmp_path / "r", "--run-id", "c") == 0
+
+    got = results_by_key(spark, tmp_path / "r", "c")
+    assert {k: (r.status, r.requests) for k, r in got.items()} == {
+        "listed": (cip.SKIPPED_SSE_C, 0), "unlisted": (cip.SKIPPED_SSE_C, 1), "plain": (cip.COPIED, 3)}
+
+
+def test_a_past_retain_until_date_is_not_resent_on_the_copy(moto_server, unique, s3):
+    # (The legal hold is re-sent: test_a_past_retain_until_date_is_not_resent_but_the_legal_hold_is. Here
+    # none, because moto refuses any PUT with lock headers lacking Content-MD5, CopyObject included.)
+    import time
+
+    bucket = f"cip-lock-{unique}"
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    until = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
+    s3.put_object(Bucket=bucket, Key="k", Body=b"locked", ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=until)
+    time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 1)
+
+    row = process_one(bucket, "k", cip.Settings(run_id="lock"), s3)
+
+    assert row["status"] == cip.COPIED, row["error_message"]
+    after = object_state(bucket, "k")
+    assert (after["object_lock_mode"], after["object_lock_retain_until"], after["metadata"]) == (
+        None, None, {cip.MARKER: "lock"})

@@ -73,6 +73,9 @@ def client(service: str, *, max_attempts: int | None = None, max_pool: int | Non
         os.environ.get("S3LAKE_RETRY_MODE"),
         os.environ.get("S3LAKE_MAX_ATTEMPTS"),
         _request_payer if service == "s3" else None,
+        # a process that switches credentials (tests acting as another principal) gets new clients
+        os.environ.get("AWS_ACCESS_KEY_ID"),
+        os.environ.get("AWS_PROFILE"),
     )
     found = _cache.get(key)
     if found is not None:
