@@ -587,7 +587,7 @@ SSE_C_KEY = "k" * 32
 
 def test_sse_c_objects_are_skipped_from_the_inventory_or_from_s3s_400_never_failed(spark, moto_server, unique,
                                                                                   tmp_path, s3):
-    bucket = make_bucket(f"cip-ssec-{unique}", versioned=True)
+    bucket = replicate_everything(make_bucket(f"cip-ssec-{unique}", versioned=True))
     inv = make_bucket(f"cip-inv-{unique}")
     for key in ("listed", "unlisted"):
         s3.put_object(Bucket=bucket, Key=key, Body=b"secret", SSECustomerAlgorithm="AES256",

@@ -279,3 +279,19 @@ def test_from_report_over_a_missing_report_is_one_line(spark, moto_server, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"s3lake: error: cannot read the replication report at {tmp_path / 'no-report'}: ")
     assert "\n" not in err and not (tmp_path / "r").exists()
+
+
+def test_anonymize_results_table_registers_its_run(spark, moto_server, unique, tmp_path, s3, glue):
+    from jobs import anonymize as anonymize_job
+
+    bucket = make_bucket(f"an-gt-{unique}")
+    s3.put_object(Bucket=bucket, Key="a.json", Body=b'{"file_contents": "secret"}\n')
+    rules = Path(__file__).resolve().parents[1] / "conf" / "anonymize" / "file-contents.json"
+
+    assert anonymize_job.main(["--source", f"s3://{bucket}/", "--rules", str(rules), "--results",
+                               str(tmp_path / "r"), "--run-id", "an1", "--min-age", "0", "--dry-run",
+                               "--results-table", f"an_{unique}.anonymize_results"]) == 0
+
+    parts = glue.get_partitions(DatabaseName=f"an_{unique}", TableName="anonymize_results")["Partitions"]
+    assert [(p["Values"], p["StorageDescriptor"]["Location"]) for p in parts] == [
+        (["an1"], f"{tmp_path / 'r'}/run_id=an1/")]
