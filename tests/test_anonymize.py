@@ -610,3 +610,22 @@ def test_sse_c_objects_are_skipped_from_the_inventory_or_from_s3s_400_never_fail
     got = results_by_key(spark, tmp_path / "r", "c")
     assert {k: (r.status, r.requests) for k, r in got.items()} == {
         "listed.json": (anon.SKIPPED_SSE_C, 0), "unlisted.json": (anon.SKIPPED_SSE_C, 1)}
+
+
+def test_a_past_retain_until_date_is_dropped_and_the_legal_hold_kept_on_the_rewrite(moto_server, unique, s3):
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    bucket = f"anon-lock-{unique}"
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    until = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
+    s3.put_object(Bucket=bucket, Key="l.json", Body=SECRET_LINES, ObjectLockMode="GOVERNANCE",
+                  ObjectLockRetainUntilDate=until, ObjectLockLegalHoldStatus="ON")
+    time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 1)
+
+    row = process_one(bucket, "l.json", settings("lock"))
+
+    assert row["status"] == anon.ANONYMIZED, row["error_message"]
+    after = object_state(bucket, "l.json")
+    assert (after["legal_hold"], after["object_lock_mode"], after["object_lock_retain_until"]) == ("ON", None, None)
+    assert read_body(bucket, "l.json") == BLANKED_LINES

@@ -125,6 +125,21 @@ def test_multipart_uploads_with_an_algorithm_check_and_return_part_checksums_onl
     assert seen["strict"] == ((400, "InvalidRequest"), {"ChecksumCRC32C": crc32c}, (400, "InvalidRequest"))
 
 
+def test_a_client_checksum_that_does_not_match_the_bytes_is_bad_digest_only_in_strict_mode(servers, unique):
+    def scenario(s3, mode):
+        bucket = f"crc-bad-{mode}-{unique}"
+        s3.create_bucket(Bucket=bucket)
+        upload = s3.create_multipart_upload(Bucket=bucket, Key="m", ChecksumAlgorithm="SHA256")["UploadId"]
+        return [outcome(lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"bytes", ChecksumCRC32="AAAAAA==")),
+                outcome(lambda: s3.upload_part(Bucket=bucket, Key="m", UploadId=upload, PartNumber=1, Body=b"p",
+                                               ChecksumSHA256=base64.b64encode(b"0" * 32).decode())),
+                outcome(lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"bytes", ChecksumAlgorithm="CRC32C"))]
+
+    seen = each_server(servers, scenario)
+    assert seen["plain"] == ["ok"] * 3
+    assert seen["strict"] == [(400, "BadDigest"), (400, "BadDigest"), "ok"]
+
+
 def test_seeded_fixtures_are_written_without_a_client_checksum_so_they_carry_crc64nvme(moto_server, s3, unique):
     bucket = seed.make_bucket(f"crc-seed-{unique}")
     seed.writer().put_object(Bucket=bucket, Key="k", Body=b"seeded")

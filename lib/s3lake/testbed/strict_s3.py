@@ -311,6 +311,24 @@ def check_part_checksums(req: Request) -> None:
                                                  f"in the request.")
 
 
+def check_client_checksum(req: Request) -> None:
+    """A checksum the client sent with PutObject / UploadPart must match the bytes: 400 BadDigest otherwise
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity-upload.html); moto
+    stores whatever value it is given."""
+    if req.operation not in ("PutObject", "UploadPart"):
+        return
+    algorithm = _part_algorithm(req)
+    if not algorithm or algorithm not in ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"):
+        return
+    value = req.header(f"x-amz-checksum-{algorithm.lower()}")
+    if not value:
+        raw = req.moto.raw_body if isinstance(req.moto.raw_body, bytes) else b""
+        found = re.search(rb"x-amz-checksum-" + algorithm.lower().encode() + rb":\s*([A-Za-z0-9+/=]+)", raw)
+        value = found.group(1).decode() if found else None
+    if value and compute_checksum(bytes(req.moto.body or b""), algorithm).decode() != value:
+        raise S3Error(400, "BadDigest", f"The {algorithm} you specified did not match the calculated checksum.")
+
+
 def part_copy_checksum(req: Request, status: int, headers: dict, body: Any) -> Any:
     """UploadPartCopy's CopyPartResult carries the part's checksum when the upload has an algorithm."""
     if status != 200 or req.operation != "UploadPartCopy":
@@ -566,7 +584,7 @@ def check_retain_until(req: Request) -> None:
 
 CHECKS: tuple[Callable[[Request], None], ...] = (
     check_sse_c, check_copy_conditions, check_self_copy, check_acl_disabled, check_retain_until,
-    check_part_checksums,
+    check_part_checksums, check_client_checksum,
 )
 
 
