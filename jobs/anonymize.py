@@ -4,7 +4,8 @@
         (--inventory-table DB.TABLE [--inventory-date DT] | --inventory-manifest S3_URL | --source S3_URL) \\
         --rules PATH_OR_S3_URL --results PATH [--hmac-key-param NAME] [--min-age 300s] \\
         [--processed-tag PROCESSED=true] [--dry-run] [--run-id ID] [--concurrency N] [--partitions N] \\
-        [--part-size BYTES] [--purge-noncurrent] [--max-failures N] [--request-payer requester]
+        [--part-size BYTES] [--purge-noncurrent] [--results-table DB.TABLE] [--max-failures N] \\
+        [--request-payer requester]
 
 Each object is replaced atomically under its own key (conditional on the ETag read, every attribute,
 ACL grant and tag kept, plus the processed tag), or only tagged when no line changed. The HMAC key
@@ -21,7 +22,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Sequence
 
-from s3lake import anonymize, aws, cli, inventory, results, rules
+from s3lake import anonymize, aws, cli, inventory, results, results_catalog, rules
 from s3lake.spark import get_session
 
 log = logging.getLogger("s3lake.anonymize")
@@ -41,6 +42,7 @@ def parse_args(argv: Sequence[str] | None):
                    help="multipart part size; outputs above it are streamed (default 8 MiB, min 5 MiB)")
     p.add_argument("--purge-noncurrent", action="store_true",
                    help="after a rewrite, delete the version that was read (its data is not anonymized)")
+    p.add_argument("--results-table", metavar="DB.TABLE", help="Glue table to create/update over --results")
     args = p.parse_args(argv)
     cli.check_run_options(p, args)
     if args.part_size < anonymize.MIN_PART_SIZE:
@@ -56,6 +58,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ruleset = rules.load(args.rules).with_key(rules.hmac_key(args.hmac_key_param, os.environ))
     processed_tag = anonymize.parse_tag(args.processed_tag)
     min_age = anonymize.parse_min_age(args.min_age)
+    if args.results_table:
+        results_catalog.check_name(args.results_table)
     spark = get_session("s3lake-anonymize")
     results.check_writable(spark, args.results)
     if args.source:
@@ -79,6 +83,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     )
     log.info("run %s over %s with %d rules", run_id, source_id, len(ruleset.rules))
     summary, _ = anonymize.run(spark, candidates, settings, args.results, args.partitions, bucket_counts)
+    if args.results_table:
+        results_catalog.register_run(args.results_table, args.results, results.SCHEMA, run_id)
     title = f"anonymize run {run_id}{' (dry run)' if args.dry_run else ''}"
     return results.report(title, summary, args.max_failures, args.results, run_id)
 

@@ -1,26 +1,42 @@
 """Copy in place: backfill Cross-Region Replication for pre-existing and FAILED objects.
 
     spark-submit jobs/copy_in_place.py \\
-        (--inventory-table DB.TABLE [--inventory-date DT] | --inventory-manifest S3_URL) \\
-        --results PATH [--statuses none,FAILED] [--dry-run] [--run-id ID] [--no-copy-acls] \\
+        (--inventory-table DB.TABLE [--inventory-date DT] | --inventory-manifest S3_URL | --from-report PATH) \\
+        --results PATH [--statuses none,FAILED] [--dry-run] [--prices FILE] [--run-id ID] [--no-copy-acls] \\
         [--acl-from-inventory] [--concurrency N] [--partitions N] [--multipart-threshold BYTES] \\
-        [--max-failures N] [--request-payer requester]
+        [--no-replication-check] [--results-table DB.TABLE] [--max-failures N] [--request-payer requester]
 
 Reads the bucket's S3 Inventory, picks the latest versions whose replication status is one of
 ``--statuses`` and copies each onto itself keeping ACL, SSE (exact KMS key), storage class, tags, user
-metadata and system headers, so replication picks it up. Writes one result row per candidate under
-``--results`` (Parquet, partition ``run_id=...``) and prints a summary. Exit status: 0, 1 when FAILED
-objects exceed ``--max-failures``, 2 for bad input (nothing touched: also a source bucket that is
-missing, in another region or denied, and a missing AWS CRT).
+metadata and system headers, so replication picks it up. Only objects an enabled rule of the bucket's
+replication configuration takes are copied (the others become SKIPPED_OUT_OF_SCOPE, nothing written); a
+bucket without replication or versioning is refused unless ``--no-replication-check``. ``--from-report``
+copies again the objects a replication report (jobs/replication_report.py) found FAILED. ``--dry-run``
+ends with what the real run would cost (requests, KMS calls, new versions' bytes, dollars from
+``--prices``, default conf/prices/us-east-1.json). Writes one result row per candidate under
+``--results`` (Parquet, partition ``run_id=...``; ``--results-table`` registers it in Glue) and prints a
+summary. Exit status: 0, 1 when FAILED objects exceed ``--max-failures``, 2 for bad input (nothing touched:
+also a source bucket that is missing, in another region or denied, and a missing AWS CRT).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from typing import Sequence
 
-from s3lake import aws, cli, copy_in_place, inventory, results
+from s3lake import (
+    aws,
+    cli,
+    copy_in_place,
+    inventory,
+    pricing,
+    replication_report,
+    replication_scope,
+    results,
+    results_catalog,
+)
 from s3lake.spark import get_session
 
 log = logging.getLogger("s3lake.copy_in_place")
@@ -28,7 +44,8 @@ log = logging.getLogger("s3lake.copy_in_place")
 
 def parse_args(argv: Sequence[str] | None):
     p = cli.parser("copy_in_place.py", __doc__.split("\n\n")[0])
-    cli.add_inventory_source(p)
+    cli.add_inventory_source(p, [("--from-report", "PATH",
+                                  "replication report (dataset or run_id=... partition): copy its FAILED objects")])
     cli.add_run_options(p, concurrency=32, dry_run_help="write nothing; report WOULD_COPY or the skip reason",
                         run_id_help="marker and results partition (default: derived from the inventory delivery)")
     p.add_argument("--statuses", default="none,FAILED",
@@ -40,6 +57,11 @@ def parse_args(argv: Sequence[str] | None):
                         "(one request less per object; grants changed since the report would be reverted)")
     p.add_argument("--multipart-threshold", type=int, default=copy_in_place.DEFAULT_THRESHOLD, metavar="BYTES",
                    help="multipart copy above this size (default 5 GiB, the CopyObject limit)")
+    p.add_argument("--no-replication-check", dest="replication_check", action="store_false",
+                   help="copy without reading the bucket's replication configuration and versioning")
+    p.add_argument("--prices", metavar="FILE", help="price table for the dry run's estimate "
+                                                     "(default conf/prices/us-east-1.json)")
+    p.add_argument("--results-table", metavar="DB.TABLE", help="Glue table to create/update over --results")
     args = p.parse_args(argv)
     cli.check_run_options(p, args)
     if not 5 * 1024 * 1024 <= args.multipart_threshold <= copy_in_place.DEFAULT_THRESHOLD:
@@ -47,15 +69,40 @@ def parse_args(argv: Sequence[str] | None):
     return args
 
 
+def _candidates(spark, args, statuses):
+    """(candidates, source buckets, default run id) from the inventory or from a replication report."""
+    if args.from_report:
+        frame = replication_report.failed_candidates(spark, args.from_report).persist()
+        buckets = sorted(r.bucket for r in frame.select("bucket").distinct().collect())
+        digest = hashlib.sha1(args.from_report.rstrip("/").encode()).hexdigest()[:8]
+        log.info("run over the FAILED objects of report %s (%s)", args.from_report, ", ".join(buckets) or "none")
+        return frame, buckets, f"cip-retry-{digest}"
+    delivery, frame = inventory.read(spark, args.inventory_table, args.inventory_date, args.inventory_manifest)
+    log.info("run over %s (%s)", delivery.manifest_url, delivery.file_format)
+    return (copy_in_place.select_candidates(frame, statuses), [delivery.source_bucket],
+            copy_in_place.default_run_id(delivery.delivery_id))
+
+
+def _scopes(args, buckets):
+    """Each source bucket's replication scope, read once here (one line, exit 2, if it cannot replicate)."""
+    if not args.replication_check:
+        return None
+    return {bucket: replication_scope.fetch(bucket) for bucket in buckets}
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     aws.require_crt()
     aws.use_request_payer(args.request_payer)
     statuses = copy_in_place.parse_statuses(args.statuses)
+    prices = pricing.load(args.prices)
+    if args.results_table:
+        results_catalog.check_name(args.results_table)
     spark = get_session("s3lake-copy-in-place")
-    delivery, frame = inventory.read(spark, args.inventory_table, args.inventory_date, args.inventory_manifest)
+    candidates, buckets, default_id = _candidates(spark, args, statuses)
     results.check_writable(spark, args.results)
-    run_id = results.check_run_id(args.run_id or copy_in_place.default_run_id(delivery.delivery_id))
+    run_id = results.check_run_id(args.run_id or default_id)
+    scopes = _scopes(args, buckets)
     settings = copy_in_place.Settings(
         run_id=run_id,
         dry_run=args.dry_run,
@@ -63,13 +110,19 @@ def _main(argv: Sequence[str] | None = None) -> int:
         acl_from_inventory=args.acl_from_inventory,
         concurrency=args.concurrency,
         multipart_threshold=args.multipart_threshold,
+        scopes=scopes,
         request_payer=args.request_payer,
     )
-    log.info("run %s over %s (%s)", run_id, delivery.manifest_url, delivery.file_format)
-    candidates = copy_in_place.select_candidates(frame, statuses)
     summary, _ = copy_in_place.run(spark, candidates, settings, args.results, args.partitions)
+    if args.results_table:
+        results_catalog.register_run(args.results_table, args.results, results.SCHEMA, run_id)
     title = f"copy-in-place run {run_id}{' (dry run)' if args.dry_run else ''}"
-    return results.report(title, summary, args.max_failures, args.results, run_id)
+    code = results.report(title, summary, args.max_failures, args.results, run_id)
+    tally = copy_in_place.driver_tally(summary["tally"], len(buckets), summary["requests"] - summary["tally"].counted,
+                                       scopes is not None)
+    if args.dry_run:
+        print(pricing.format_estimate(tally, prices), flush=True)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from s3lake.acl_grants import Acl
 from s3lake.bucket_lookup import BucketInfo
 from s3lake.object_attributes import ObjectState
 from s3lake.testbed.inventory import inventory_row, write_inventory
+from s3lake.testbed.replication import replicate_everything
 from s3lake.testbed.scenarios import seed_rich_bucket
 from s3lake.testbed.seed import make_bucket, object_state
 
@@ -35,7 +36,9 @@ def without_copy_effects(state, versions_added=1):
 @pytest.fixture
 def rich(moto_server, unique):
     inv = make_bucket(f"cip-inv-{unique}")
-    return seed_rich_bucket(f"cip-src-{unique}", inventory_bucket=inv, table=f"cip_{unique}.inventory")
+    scenario = seed_rich_bucket(f"cip-src-{unique}", inventory_bucket=inv, table=f"cip_{unique}.inventory")
+    replicate_everything(scenario.bucket)
+    return scenario
 
 
 def run_job(*args):
@@ -105,6 +108,7 @@ def test_dry_run_changes_nothing_and_reports_would_copy(spark, rich, tmp_path):
 def test_bucket_owner_enforced_bucket_sends_no_acl_and_uses_two_requests(spark, moto_server, unique, tmp_path):
     inv = make_bucket(f"cip-inv-{unique}")
     rich = seed_rich_bucket(f"cip-enf-{unique}", inventory_bucket=inv, ownership="BucketOwnerEnforced")
+    replicate_everything(rich.bucket)
     before = {key: object_state(rich.bucket, key) for key in rich.keys.values()}
 
     assert run_job("--inventory-manifest", rich.delivery.manifest_url, "--results", tmp_path / "r",
@@ -123,7 +127,7 @@ def test_bucket_owner_enforced_bucket_sends_no_acl_and_uses_two_requests(spark, 
 
 
 def test_multipart_copy_above_a_lowered_threshold_keeps_everything(spark, moto_server, unique, tmp_path, s3):
-    bucket = make_bucket(f"cip-mp-{unique}", versioned=True)
+    bucket = replicate_everything(make_bucket(f"cip-mp-{unique}", versioned=True))
     inv = make_bucket(f"cip-inv-{unique}")
     body = bytes(range(256)) * (12 * 1024 * 1024 // 256 + 3)  # ~12 MiB, not a multiple of the part size
     s3.put_object(Bucket=bucket, Key="big/blob.bin", Body=body, Tagging="keep=me&x=y", ContentType="video/mp4",
@@ -152,7 +156,7 @@ def test_multipart_copy_above_a_lowered_threshold_keeps_everything(spark, moto_s
 
 
 def test_missing_changed_and_archived_objects_are_skipped(spark, moto_server, unique, tmp_path, s3):
-    bucket = make_bucket(f"cip-skip-{unique}", versioned=True)
+    bucket = replicate_everything(make_bucket(f"cip-skip-{unique}", versioned=True))
     inv = make_bucket(f"cip-inv-{unique}")
     for key in ("gone", "changed", "same"):
         s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
@@ -185,7 +189,7 @@ def test_statuses_option_selects_failed_only(spark, moto_server, unique, tmp_pat
     delivery = write_inventory(inv, bucket, rows)
 
     run_job("--inventory-manifest", delivery.manifest_url, "--results", tmp_path / "r", "--run-id", "f",
-            "--statuses", "FAILED")
+            "--statuses", "FAILED", "--no-replication-check")  # an unversioned bucket: nothing replicates
 
     assert {k: r.status for k, r in results_by_key(spark, tmp_path / "r", "f").items()} == {"failed": cip.COPIED}
 
@@ -583,7 +587,7 @@ SSE_C_KEY = "k" * 32
 
 def test_sse_c_objects_are_skipped_from_the_inventory_or_from_s3s_400_never_failed(spark, moto_server, unique,
                                                                                   tmp_path, s3):
-    bucket = make_bucket(f"cip-ssec-{unique}", versioned=True)
+    bucket = replicate_everything(make_bucket(f"cip-ssec-{unique}", versioned=True))
     inv = make_bucket(f"cip-inv-{unique}")
     for key in ("listed", "unlisted"):
         s3.put_object(Bucket=bucket, Key=key, Body=b"secret", SSECustomerAlgorithm="AES256",

@@ -34,6 +34,7 @@ from s3lake import results
 from s3lake.testbed import seed
 from s3lake.testbed.inventory import inventory_row, write_inventory
 from s3lake.testbed.proxy import FAULT_KINDS, FaultPlan
+from s3lake.testbed.replication import replicate_everything
 from s3lake.testbed.scenarios import ALL_USERS, AWKWARD_KEYS, OTHER_ACCOUNT
 from s3lake.testbed.seed import make_bucket, make_kms_key, object_state
 
@@ -197,7 +198,7 @@ def copied_once(before: dict, after: dict, run_id: str) -> dict:
 @pytest.mark.slow
 def test_copy_in_place_under_faults_copies_every_candidate_exactly_once(spark, proxy, direct, unique, tmp_path,
                                                                         capsys):
-    bucket = make_bucket(f"flt-cip-{unique}", versioned=True)
+    bucket = replicate_everything(make_bucket(f"flt-cip-{unique}", versioned=True))
     keys = seed_copy_bucket(direct, bucket, 240, make_kms_key())
     big = [f"big/{i}.bin" for i in range(2)]  # multipart copies: UploadPartCopy + a lost Complete
     for key in big:
@@ -359,7 +360,7 @@ def test_anonymize_reads_an_object_again_when_its_download_is_cut_and_writes_it_
 
 def test_access_denied_objects_are_recorded_and_the_rest_of_a_copy_run_completes(spark, proxy, direct, unique,
                                                                                  tmp_path, capsys):
-    bucket = make_bucket(f"flt-deny-{unique}", versioned=True)
+    bucket = replicate_everything(make_bucket(f"flt-deny-{unique}", versioned=True))
     keys = seed_copy_bucket(direct, bucket, 30, make_kms_key())
     restricted_key = make_kms_key("a key the job's role may not use")
     denied = [f"restricted/{i}.json" for i in range(4)]
@@ -499,7 +500,7 @@ def submit(script: str, *args: str, master: str = "local[2]", conf: dict | None 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the run's processes in /proc")
 def test_a_killed_copy_run_rerun_with_the_same_run_id_copies_every_candidate_exactly_once(spark, proxy, direct,
                                                                                           unique, tmp_path):
-    bucket = make_bucket(f"flt-kill-{unique}", versioned=True)
+    bucket = replicate_everything(make_bucket(f"flt-kill-{unique}", versioned=True))
     keys = [f"k/{i:04d}" for i in range(300)]
     pmap(lambda k: direct.put_object(Bucket=bucket, Key=k, Body=k.encode(), Metadata={"m": k[-1]}), keys)
     manifest = inventory_for(direct, bucket, keys)

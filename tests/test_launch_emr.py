@@ -458,7 +458,7 @@ def test_emr_configurations_are_valid():
         assert all(isinstance(v, str) for v in c.get("Properties", {}).values())
 
 
-@pytest.mark.parametrize("job", ["copy-in-place", "anonymize", "json-to-parquet"])
+@pytest.mark.parametrize("job", ["copy-in-place", "anonymize", "json-to-parquet", "replication-report"])
 def test_iam_policy_documents(job):
     """Valid policy JSON, placeholders only (no account ids), each statement explained in conf/README.md."""
     text = (ROOT / "conf" / "iam" / f"{job}.json").read_text()

@@ -47,7 +47,7 @@ from urllib.parse import quote
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from s3lake import aws, results
+from s3lake import aws, pricing, results
 from s3lake.acl_grants import Acl, acl_from_inventory, acl_from_response
 from s3lake.at_most_once import create_multipart_once, is_retryable, once_client, write_once
 from s3lake.bucket_lookup import BucketInfo
@@ -61,6 +61,7 @@ from s3lake.object_attributes import (
     write_attributes,
 )
 from s3lake.per_object_job import Counter, bounded_map, run_per_object
+from s3lake.replication_scope import Scope
 
 JOB = "copy-in-place"
 MARKER = "s3lake-copied"
@@ -78,6 +79,7 @@ SKIPPED_CHANGED = "SKIPPED_CHANGED"
 SKIPPED_ARCHIVED = "SKIPPED_ARCHIVED"
 SKIPPED_SSE_C = "SKIPPED_SSE_C"
 SKIPPED_OTHER_OWNER = "SKIPPED_OTHER_OWNER"
+SKIPPED_OUT_OF_SCOPE = "SKIPPED_OUT_OF_SCOPE"  # no enabled replication rule takes it: a copy adds a version only
 SKIPPED_METADATA_TOO_LARGE = "SKIPPED_METADATA_TOO_LARGE"
 FAILED = results.FAILED
 REPLICATING = frozenset({"PENDING", "COMPLETED", "REPLICA"})
@@ -94,6 +96,7 @@ class Settings:
     concurrency: int = 32
     multipart_threshold: int = DEFAULT_THRESHOLD
     part_concurrency: int = 8
+    scopes: Mapping[str, Scope] | None = None  # per bucket; None = --no-replication-check
     request_payer: str | None = None  # "requester": x-amz-request-payer on every request
 
 
@@ -302,8 +305,13 @@ def _abort(state: ObjectState, upload_id: str, counter: Counter) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
-def process(candidate: Mapping[str, Any], settings: Settings, bucket: BucketInfo) -> tuple:
-    """Copy one candidate (or decide not to); always returns exactly one result row."""
+def process(candidate: Mapping[str, Any], settings: Settings, bucket: BucketInfo,
+            tally: pricing.Tally | None = None) -> tuple:
+    """Copy one candidate (or decide not to); always returns exactly one result row.
+
+    ``tally`` (optional) receives the requests made, the writes a dry run would make, KMS calls and the
+    new version's bytes (see :func:`record_tally`).
+    """
     b, k = candidate["bucket"], candidate["key"]
     counter = Counter()
     base = {"version_id": candidate.get("version_id"), "size": candidate.get("size"),
@@ -311,16 +319,25 @@ def process(candidate: Mapping[str, Any], settings: Settings, bucket: BucketInfo
     state: ObjectState | None = None
     if str(candidate.get("encryption_status") or "").upper() == "SSE-C":
         return results.row(settings.run_id, JOB, b, k, SKIPPED_SSE_C, requests=0, encryption="SSE-C", **base)
+    status: str | None = None
+    reads = {"HeadObject": 0, "GetObjectTagging": 0, "GetObjectAcl": 0}
     try:
+        if not in_scope_by_key(candidate, settings):
+            return results.row(settings.run_id, JOB, b, k, SKIPPED_OUT_OF_SCOPE, requests=0, **base)
         state = head(b, k, counter)
+        reads["HeadObject"] = 1
         status = decide(state, candidate.get("e_tag"), candidate.get("version_id"), settings.run_id)
         if state is not None:
             base.update(size=state.size, storage_class=state.storage_class, encryption=state.encryption,
                         kms_key_id=state.kms_key_id, version_id=state.version_id or base["version_id"])
+        if status is None and state is not None and settings.scopes is not None:
+            status, reads["GetObjectTagging"] = scope_status(state, settings, counter)
         if status is None and state is not None:
             acl = None
             if settings.copy_acls and bucket.acls_enabled:
+                before = counter.n
                 acl = _object_acl(state, candidate, settings, counter)
+                reads["GetObjectAcl"] = counter.n - before
                 if bucket.owner_id and acl.owner_id and acl.owner_id != bucket.owner_id:
                     status = SKIPPED_OTHER_OWNER  # a copy would make us the owner: never change ownership
             if status is None and settings.dry_run:
@@ -338,6 +355,7 @@ def process(candidate: Mapping[str, Any], settings: Settings, bucket: BucketInfo
         return results.row(settings.run_id, JOB, b, k, SKIPPED_SSE_C, requests=counter.n, error_code="400",
                            error_message=str(exc), **{**base, "encryption": "SSE-C"})
     except Exception as exc:  # noqa: BLE001 - recorded per object, the job goes on
+        status = None
         code = aws.error_code(exc)
         if code in ("PreconditionFailed", "412"):
             return results.row(settings.run_id, JOB, b, k, SKIPPED_CHANGED, requests=counter.n, error_code=code,
@@ -350,6 +368,10 @@ def process(candidate: Mapping[str, Any], settings: Settings, bucket: BucketInfo
                                error_code=code, error_message=str(exc), **base)
         return results.row(settings.run_id, JOB, b, k, FAILED, requests=counter.n, error_code=code,
                            error_message=str(exc), **base)
+    finally:
+        if tally is not None:
+            tally.counted += counter.n
+            record_tally(tally, state, status, reads, settings)
 
 
 def _object_acl(state: ObjectState, candidate: Mapping[str, Any], settings: Settings, counter: Counter) -> Acl:
@@ -362,16 +384,26 @@ def _object_acl(state: ObjectState, candidate: Mapping[str, Any], settings: Sett
     return acl_from_response(aws.s3().get_object_acl(Bucket=state.bucket, Key=state.key, **kwargs))
 
 
-def process_partition(rows: Iterable[Any], settings: Settings, buckets: Mapping[str, BucketInfo]) -> Iterator[tuple]:
-    """A bounded pool of ``settings.concurrency`` objects in flight; S3 latency, not CPU, is the limit."""
+def process_partition(rows: Iterable[Any], settings: Settings, buckets: Mapping[str, BucketInfo],
+                      tallies: Any = None) -> Iterator[tuple]:
+    """A bounded pool of ``settings.concurrency`` objects in flight; S3 latency, not CPU, is the limit.
+
+    ``tallies`` (a Spark accumulator of :class:`~s3lake.pricing.Tally`) gets this task's tally at the end.
+    """
     aws.use_request_payer(settings.request_payer)
     unknown = BucketInfo(acls_enabled=True, owner_id=None)
 
     def one(candidate: Any) -> tuple:
         c = candidate.asDict() if hasattr(candidate, "asDict") else dict(candidate)
-        return process(c, settings, buckets.get(c["bucket"], unknown))
+        tally = pricing.Tally()
+        return process(c, settings, buckets.get(c["bucket"], unknown), tally), tally
 
-    yield from bounded_map(one, rows, settings.concurrency)
+    total = pricing.Tally()
+    for result, tally in bounded_map(one, rows, settings.concurrency):
+        total.merge(tally)
+        yield result
+    if tallies is not None:
+        tallies.add(total)
 
 
 # ------------------------------------------------------------------------------------ driver side
@@ -379,6 +411,101 @@ def process_partition(rows: Iterable[Any], settings: Settings, buckets: Mapping[
 
 def run(spark: SparkSession, candidates: DataFrame, settings: Settings, results_path: str,
         partitions: int | None = None) -> tuple[dict[str, Any], DataFrame]:
-    """Process every candidate, write the results once, return (summary, this run's results)."""
-    return run_per_object(spark, candidates, results_path, settings.run_id, partitions, settings.copy_acls,
-                          lambda rows, infos: process_partition(rows, settings, infos))
+    """Process every candidate, write the results once, return (summary, this run's results).
+
+    ``summary["tally"]`` is the run's :class:`~s3lake.pricing.Tally` of per-object requests (a dry run's
+    includes the writes the real run would make); the driver's lookups are added by :func:`driver_tally`.
+    """
+    from pyspark.accumulators import AccumulatorParam
+
+    class TallyParam(AccumulatorParam):
+        def zero(self, value: pricing.Tally) -> pricing.Tally:
+            return pricing.Tally()
+
+        def addInPlace(self, a: pricing.Tally, b: pricing.Tally) -> pricing.Tally:  # noqa: N802 - Spark's name
+            return a.merge(b)
+
+    tallies = spark.sparkContext.accumulator(pricing.Tally(), TallyParam())
+    summary, written = run_per_object(spark, candidates, results_path, settings.run_id, partitions,
+                                      settings.copy_acls,
+                                      lambda rows, infos: process_partition(rows, settings, infos, tallies))
+    summary["tally"] = tallies.value
+    return summary, written
+
+
+# ------------------------------------------------------------------------------------ replication scope
+
+
+def in_scope_by_key(candidate: Mapping[str, Any], settings: Settings) -> bool:
+    """False when no enabled rule of the bucket can take the key (decided before any request)."""
+    if settings.scopes is None:
+        return True
+    scope = settings.scopes.get(candidate["bucket"])
+    if scope is None:
+        raise ConfigError(f"no replication scope was looked up for bucket {candidate['bucket']}")
+    return scope.maybe_covers(candidate["key"])
+
+
+def scope_status(state: ObjectState, settings: Settings, counter: Counter) -> tuple[str | None, int]:
+    """SKIPPED_OUT_OF_SCOPE or None (copy it), and the GetObjectTagging requests made (0 or 1).
+
+    Tags are read only when a tag rule alone can take the object and HEAD's TagCount says it has tags.
+    """
+    scope = settings.scopes[state.bucket]  # type: ignore[index]
+    encryption = state.sse
+    tags: dict[str, str] | None = None
+    fetched = 0
+    if scope.needs_tags(state.key, encryption):
+        tags = {}
+        if state.tag_count:
+            counter.add()
+            fetched = 1
+            kwargs = {"VersionId": state.version_id} if state.version_id else {}
+            tag_set = aws.s3().get_object_tagging(Bucket=state.bucket, Key=state.key, **kwargs)["TagSet"]
+            tags = {t["Key"]: t["Value"] for t in tag_set}
+    return (None if scope.covers(state.key, tags, encryption) else SKIPPED_OUT_OF_SCOPE), fetched
+
+
+# ------------------------------------------------------------------------------------ cost tally
+
+
+def parts_of(state: ObjectState, settings: Settings) -> int | None:
+    """UploadPartCopy parts for a multipart copy, None for a single CopyObject."""
+    if state.size <= settings.multipart_threshold:
+        return None
+    return math.ceil(state.size / part_size(state.size, settings.multipart_threshold))
+
+
+def record_tally(tally: pricing.Tally, state: ObjectState | None, status: str | None,
+                 reads: Mapping[str, int], settings: Settings) -> None:
+    """One object's requests by operation (at its storage class), KMS calls and new version bytes.
+
+    Reads are what :func:`process` made; the writes of a COPIED object are the model of
+    :func:`pricing.copy_write_requests` (retries are not counted), a WOULD_COPY's are ``predicted``.
+    """
+    cls = state.storage_class if state is not None else "STANDARD"
+    for op, n in reads.items():
+        tally.add(op, n, cls)
+    if state is None or status not in (COPIED, WOULD_COPY):
+        return
+    parts = parts_of(state, settings)
+    writes = pricing.copy_write_requests(parts, state.tag_count > 0)
+    for op, n in writes.items():
+        if status == COPIED:
+            tally.add(op, n, cls)
+        else:
+            tally.predict(op, n, cls)
+    tally.kms_calls += pricing.kms_calls(state.sse, state.bucket_key_enabled, parts)
+    tally.add_version(cls, state.size)
+
+
+def driver_tally(tally: pricing.Tally, buckets: int, driver_requests: int, scope_checked: bool) -> pricing.Tally:
+    """Add the driver's per-bucket lookups: ownership controls (+ bucket ACL) and, when checked, the scope."""
+    from s3lake.replication_scope import FETCH_REQUESTS
+
+    tally.add("GetBucketOwnershipControls", buckets)
+    tally.add("GetBucketAcl", driver_requests - buckets)
+    if scope_checked:
+        for op, n in FETCH_REQUESTS.items():
+            tally.add(op, n * buckets)
+    return tally

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from s3lake import results
 from s3lake.copy_in_place import MARKER
+from s3lake.testbed.replication import replicate_everything
 from s3lake.testbed.scenarios import seed_rich_bucket
 from s3lake.testbed.seed import make_bucket, object_state
 
@@ -31,6 +32,7 @@ def run(workdir: str, spark_submit: str | None = None) -> int:
     spark_submit = spark_submit or str(Path(sys.executable).parent / "spark-submit")
     inv = make_bucket("demo-inventory")
     scenario = seed_rich_bucket("demo-data", inventory_bucket=inv, table="s3lake_demo.demo_data_inventory")
+    replicate_everything(scenario.bucket)  # the job copies only what a replication rule takes
     before = {key: object_state(scenario.bucket, key) for key in scenario.keys.values()}
     print(f"seeded s3://{scenario.bucket}: {len(before)} objects (SSE-KMS, SSE-S3, ACL grants, tags, metadata, "
           f"system headers, storage classes, awkward keys, one archived); inventory table "

@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     modules = tuple(backends.list_of_moto_modules())
     backends.list_of_moto_modules = lambda: modules
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    from s3lake.testbed import moto_replication
+
+    moto_replication.install()  # GetBucketReplication with each rule's own filter (moto answers Prefix "")
     if strict:
         from s3lake.testbed import iam_corrections, strict_s3
 
