@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 from chispa import assert_df_equality
 from s3lake import anonymize as anon
-from s3lake import aws, objects, results, rules
-from s3lake.objects import bucket_info
+from s3lake import aws, results, rules
+from s3lake.acl_grants import Acl
+from s3lake.at_most_once import once_client
+from s3lake.bucket_lookup import bucket_info
+from s3lake.object_attributes import ObjectState
 from s3lake.testbed.inventory import inventory_row, write_inventory
 from s3lake.testbed.proxy import FaultPlan, S3Proxy
 from s3lake.testbed.seed import count_versions, make_bucket, make_kms_key, object_state
@@ -365,7 +368,7 @@ def test_an_object_changed_between_read_and_write_is_a_conflict_and_keeps_the_ot
         if len(sent) == 1:
             aws.s3().put_object(Bucket=bucket, Key="c.json", Body=b'{"file_contents": "newer"}\n')
 
-    hook(objects.once_client(), "provide-client-params.s3.PutObject", overwrite_first)
+    hook(once_client(), "provide-client-params.s3.PutObject", overwrite_first)
     row = process_one(bucket, "c.json", settings("conflict"))
 
     assert (row["status"], row["error_code"]) == (anon.CONFLICT, "PreconditionFailed")
@@ -411,9 +414,9 @@ def test_a_large_object_streams_through_a_multipart_upload_keeping_every_attribu
     before = object_state(bucket, "big.json.gz")
     etags = [s3.head_object(Bucket=bucket, Key=k)["ETag"] for k in ("big.json.gz", "plain.json")]
     creates, completes = [], []
-    hook(objects.once_client(), "provide-client-params.s3.CreateMultipartUpload",
+    hook(once_client(), "provide-client-params.s3.CreateMultipartUpload",
          lambda params, **_: creates.append(params))
-    hook(objects.once_client(), "provide-client-params.s3.CompleteMultipartUpload",
+    hook(once_client(), "provide-client-params.s3.CompleteMultipartUpload",
          lambda params, **_: completes.append(dict(params)))
 
     row = process_one(bucket, "big.json.gz", settings("mp", part_size=5 * anon.MIB))
@@ -468,11 +471,11 @@ def test_a_large_object_changed_during_the_upload_is_a_conflict_and_the_upload_i
 
 
 def test_write_requests_are_conditional_and_carry_every_attribute():
-    state = objects.ObjectState.from_head("b", "k", {
+    state = ObjectState.from_head("b", "k", {
         "ETag": '"abc"', "ContentLength": 5, "ContentType": "application/json", "ContentEncoding": "gzip",
         "Metadata": {"m": "1"}, "StorageClass": "STANDARD_IA", "ServerSideEncryption": "aws:kms",
         "SSEKMSKeyId": "arn:aws:kms:us-east-1:1:key/x", "BucketKeyEnabled": True, "VersionId": "v1"})
-    acl = objects.Acl("owner", (("FULL_CONTROL", "id", "owner"), ("READ", "uri", ALL_USERS)))
+    acl = Acl("owner", (("FULL_CONTROL", "id", "owner"), ("READ", "uri", ALL_USERS)))
     tags = [{"Key": "a b", "Value": "1"}, {"Key": "PROCESSED", "Value": "true"}]
 
     put = anon.put_request(state, "r1", acl, tags, b"body")

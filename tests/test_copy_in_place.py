@@ -8,7 +8,8 @@ import pytest
 from chispa import assert_df_equality
 from s3lake import copy_in_place as cip
 from s3lake import results
-from s3lake.objects import Acl, ObjectState
+from s3lake.acl_grants import Acl
+from s3lake.object_attributes import ObjectState
 from s3lake.testbed.inventory import inventory_row, write_inventory
 from s3lake.testbed.scenarios import seed_rich_bucket
 from s3lake.testbed.seed import make_bucket, object_state

@@ -13,7 +13,7 @@ Per candidate object (from an inventory or a ``--source`` listing):
    with its line number, nothing written;
 4. no line changed -> only PutObjectTagging (existing tags + processed tag, pinned to the version read)
    -> ``TAGGED``. Otherwise the new body goes back under the same key with every attribute
-   (:func:`s3lake.objects.write_attributes`), the ACL grants, the merged tags and the marker
+   (:func:`s3lake.object_attributes.write_attributes`), the ACL grants, the merged tags and the marker
    ``x-amz-meta-s3lake-anonymized: <run id>`` on the write itself, conditional on the ETag read
    (``If-Match``) -> ``ANONYMIZED``, or ``CONFLICT`` when the object changed meanwhile;
 5. output up to ``part_size`` is one PutObject; beyond it a multipart upload is started and parts of
@@ -24,7 +24,7 @@ Per candidate object (from an inventory or a ``--source`` listing):
 Conditional writes: ``If-Match`` on PutObject and CompleteMultipartUpload, see
 https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html (412 PreconditionFailed
 when the ETag differs, 404 NoSuchKey when the key is gone, 409 ConditionalRequestConflict on a
-concurrent write). Both writes go through :func:`s3lake.objects.write_once`: after an unknown outcome
+concurrent write). Both writes go through :func:`s3lake.at_most_once.write_once`: after an unknown outcome
 (lost response, 5xx) the object is HEADed for this run's marker before any retry, and a 412 is also
 checked against the marker (our own write, whose response was lost, makes the retry's ETag stale).
 A body stream that breaks mid-read (connection reset, truncated response) happens before anything is
@@ -56,22 +56,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from s3lake import aws, results
+from s3lake.acl_grants import Acl, acl_from_response
+from s3lake.at_most_once import backoff_sleep, create_multipart_once, is_retryable, once_client, write_once
+from s3lake.bucket_lookup import BucketInfo
 from s3lake.errors import ConfigError
-from s3lake.objects import (
-    Acl,
-    BucketInfo,
-    Counter,
-    ObjectState,
-    acl_from_response,
-    backoff_sleep,
-    bounded_map,
-    create_multipart_once,
-    is_retryable,
-    once_client,
-    run_per_object,
-    write_attributes,
-    write_once,
-)
+from s3lake.object_attributes import ObjectState, write_attributes
+from s3lake.per_object_job import Counter, bounded_map, run_per_object
 from s3lake.rules import RuleSet
 
 log = logging.getLogger(__name__)

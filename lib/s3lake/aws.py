@@ -7,7 +7,7 @@
   (default 10). ``standard`` because adaptive's client-side rate limiter costs CPU on every request
   (measured: ~25% fewer objects/s in ``make bench``) and only pays off under sustained throttling.
   botocore's retry handler backs off on 500/503 SlowDown/throttling and connection errors, so reads
-  need no retry loop of their own; non-idempotent writes use :func:`s3lake.objects.write_once`.
+  need no retry loop of their own; non-idempotent writes use :func:`s3lake.at_most_once.write_once`.
 * ``S3LAKE_MAX_POOL`` (default 64): HTTP connections per client, at least the per-task concurrency.
 
 Clients are not picklable; build them inside Spark tasks through :func:`client`, which caches one

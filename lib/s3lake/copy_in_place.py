@@ -9,11 +9,11 @@ Per candidate (latest version, not a delete marker, replication status in ``--st
 2. the ACL (GetObjectAcl, unless the bucket has ACLs disabled or ``--no-copy-acls``) rides on the copy
    request as ``x-amz-grant-*`` headers, so the new version never exists with another ACL;
 3. CopyObject onto itself with ``MetadataDirective=REPLACE`` re-sending every attribute (see
-   :mod:`s3lake.objects`) plus the marker ``x-amz-meta-s3lake-copied: <run id>``, ``TaggingDirective=COPY``,
+   :mod:`s3lake.object_attributes`) plus the marker ``x-amz-meta-s3lake-copied: <run id>``, ``TaggingDirective=COPY``,
    ``CopySourceIfMatch`` = the ETag just read and the exact source version;
 4. above ``multipart_threshold``: CreateMultipartUpload + UploadPartCopy in parallel + Complete (Abort on failure).
 
-Writes go through :func:`s3lake.objects.write_once`: when the outcome of a copy is unknown (throttled, reset,
+Writes go through :func:`s3lake.at_most_once.write_once`: when the outcome of a copy is unknown (throttled, reset,
 response lost) the object is HEADed for the run's marker before any retry, so nothing is copied twice.
 A request count per object is kept for the summary (HEAD + GetObjectAcl + CopyObject = 3 at most for a
 single-part copy; 2 where ACLs are disabled).
@@ -33,22 +33,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from s3lake import aws, results
+from s3lake.acl_grants import Acl, acl_from_inventory, acl_from_response
+from s3lake.at_most_once import create_multipart_once, is_retryable, once_client, write_once
+from s3lake.bucket_lookup import BucketInfo
 from s3lake.errors import ConfigError
-from s3lake.objects import (
-    Acl,
-    BucketInfo,
-    Counter,
-    ObjectState,
-    acl_from_inventory,
-    acl_from_response,
-    bounded_map,
-    create_multipart_once,
-    is_retryable,
-    once_client,
-    run_per_object,
-    write_attributes,
-    write_once,
-)
+from s3lake.object_attributes import ObjectState, write_attributes
+from s3lake.per_object_job import Counter, bounded_map, run_per_object
 
 JOB = "copy-in-place"
 MARKER = "s3lake-copied"
