@@ -4,7 +4,8 @@
         (--inventory-table DB.TABLE [--inventory-date DT] | --inventory-manifest S3_URL | --source S3_URL) \\
         --rules PATH_OR_S3_URL --results PATH [--hmac-key-param NAME] [--min-age 300s] \\
         [--processed-tag PROCESSED=true] [--dry-run] [--run-id ID] [--concurrency N] [--partitions N] \\
-        [--part-size BYTES] [--purge-noncurrent] [--max-failures N]
+        [--part-size BYTES] [--purge-noncurrent] [--max-failures N] [--max-requests-per-second N] \\
+        [--object-deadline 15m] [--progress-interval 30]
 
 Each object is replaced atomically under its own key (conditional on the ETag read, every attribute,
 ACL grant and tag kept, plus the processed tag), or only tagged when no line changed. The HMAC key
@@ -75,7 +76,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         part_size=args.part_size,
     )
     log.info("run %s over %s with %d rules", run_id, source_id, len(ruleset.rules))
-    summary, _ = anonymize.run(spark, candidates, settings, args.results, args.partitions, bucket_counts)
+    summary, _ = anonymize.run(spark, candidates, settings, args.results, args.partitions, bucket_counts,
+                               cli.pace_options(args))
     title = f"anonymize run {run_id}{' (dry run)' if args.dry_run else ''}"
     return results.report(title, summary, args.max_failures, args.results, run_id)
 

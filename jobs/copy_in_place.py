@@ -4,7 +4,7 @@
         (--inventory-table DB.TABLE [--inventory-date DT] | --inventory-manifest S3_URL) \\
         --results PATH [--statuses none,FAILED] [--dry-run] [--run-id ID] [--no-copy-acls] \\
         [--acl-from-inventory] [--concurrency N] [--partitions N] [--multipart-threshold BYTES] \\
-        [--max-failures N]
+        [--max-failures N] [--max-requests-per-second N] [--object-deadline 15m] [--progress-interval 30]
 
 Reads the bucket's S3 Inventory, picks the latest versions whose replication status is one of
 ``--statuses`` and copies each onto itself keeping ACL, SSE (exact KMS key), storage class, tags, user
@@ -63,7 +63,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     )
     log.info("run %s over %s (%s)", run_id, delivery.manifest_url, delivery.file_format)
     candidates = copy_in_place.select_candidates(frame, statuses)
-    summary, _ = copy_in_place.run(spark, candidates, settings, args.results, args.partitions)
+    summary, _ = copy_in_place.run(spark, candidates, settings, args.results, args.partitions,
+                                   cli.pace_options(args))
     title = f"copy-in-place run {run_id}{' (dry run)' if args.dry_run else ''}"
     return results.report(title, summary, args.max_failures, args.results, run_id)
 

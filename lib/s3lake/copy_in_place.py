@@ -38,6 +38,7 @@ from s3lake.at_most_once import create_multipart_once, is_retryable, once_client
 from s3lake.bucket_lookup import BucketInfo
 from s3lake.errors import ConfigError
 from s3lake.object_attributes import ObjectState, write_attributes
+from s3lake.pacing import PaceOptions
 from s3lake.per_object_job import Counter, bounded_map, run_per_object
 
 JOB = "copy-in-place"
@@ -318,7 +319,8 @@ def process_partition(rows: Iterable[Any], settings: Settings, buckets: Mapping[
 
 
 def run(spark: SparkSession, candidates: DataFrame, settings: Settings, results_path: str,
-        partitions: int | None = None) -> tuple[dict[str, Any], DataFrame]:
+        partitions: int | None = None, pace: PaceOptions | None = None) -> tuple[dict[str, Any], DataFrame]:
     """Process every candidate, write the results once, return (summary, this run's results)."""
     return run_per_object(spark, candidates, results_path, settings.run_id, partitions, settings.copy_acls,
-                          lambda rows, infos: process_partition(rows, settings, infos))
+                          lambda rows, infos: process_partition(rows, settings, infos),
+                          concurrency=settings.concurrency, pace=pace)

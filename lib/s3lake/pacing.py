@@ -169,6 +169,22 @@ class PaceSettings:
     adaptive: bool = True
 
 
+@dataclass(frozen=True)
+class PaceOptions:
+    """A run's pacing options (``--max-requests-per-second``, ``--object-deadline``,
+    ``--progress-interval``); the driver turns them into each task's :class:`PaceSettings`."""
+
+    max_requests_per_second: float | None = None
+    object_deadline: float = DEFAULT_OBJECT_DEADLINE
+    progress_interval: float = 30.0
+    adaptive: bool = True
+
+    def task_settings(self, concurrency: int, tasks: int, slots: int) -> PaceSettings:
+        return PaceSettings(concurrency=concurrency,
+                            requests_per_second=task_share(self.max_requests_per_second, tasks, slots),
+                            object_deadline=self.object_deadline, adaptive=self.adaptive)
+
+
 def task_share(max_requests_per_second: float | None, tasks: int, slots: int) -> float | None:
     """A task's share of the run-wide cap: the cap over the tasks that can run at once."""
     if not max_requests_per_second:
@@ -193,7 +209,12 @@ class Pacer:
         self._local = threading.local()
 
     def limit(self) -> int:
-        return self.window.limit() if self.settings.adaptive else self.settings.concurrency
+        return self.window.limit() if self.settings.adaptive else self.window.maximum
+
+    def cap(self, concurrency: int) -> None:
+        """At most ``concurrency`` in flight (the job's ``--concurrency``)."""
+        self.window.maximum = max(1, concurrency)
+        self.window.value = min(self.window.value, float(self.window.maximum))
 
     @contextmanager
     def object_deadline(self) -> Iterator[float]:
@@ -334,12 +355,15 @@ def install(client: Any, *, once: bool = False) -> Any:
 # ------------------------------------------------------------------------------------------ the window
 
 
-def paced_map(fn: Callable[[Any], R], items: Iterable[Any], pacer: Pacer) -> Iterator[R]:
+def paced_map(fn: Callable[[Any], R], items: Iterable[Any], pacer: Pacer,
+              concurrency: int | None = None) -> Iterator[R]:
     """``fn`` over ``items`` with at most ``pacer.limit()`` calls in flight, results as they finish.
 
     A sliding window, not batches: one slow object never idles the others; each call runs with its
-    object's deadline set.
+    object's deadline set. ``concurrency`` caps the window (default: the pacer's settings).
     """
+    if concurrency is not None:
+        pacer.cap(concurrency)
 
     def one(item: Any) -> R:
         with pacer.object_deadline():
@@ -347,7 +371,7 @@ def paced_map(fn: Callable[[Any], R], items: Iterable[Any], pacer: Pacer) -> Ite
 
     it = iter(items)
     exhausted = False
-    with ThreadPoolExecutor(max_workers=pacer.settings.concurrency) as pool:
+    with ThreadPoolExecutor(max_workers=pacer.window.maximum) as pool:
         pending: set = set()
         while True:
             while not exhausted and len(pending) < pacer.limit():
