@@ -536,6 +536,14 @@ def test_a_blackout_throttles_everything_for_its_stretch_on_a_proxy_process(moto
         assert proc.limit_counts()[("read", "throttled")] == 2
         proc.configure(limits=None)
         s3p.get_object(Bucket=bucket, Key="k")["Body"].read()
+        s3p.put_object(Bucket=bucket, Key="dark/k", Body=b"x")
+        proc.configure(blackout=1.0, blackout_prefix=f"{bucket}/dark/")
+        time.sleep(1.1)  # a prefixed stretch starts at its first request, not at configure
+        s3p.get_object(Bucket=bucket, Key="k")["Body"].read()  # other keys are served
+        with pytest.raises(ClientError):
+            s3p.get_object(Bucket=bucket, Key="dark/k")
+        time.sleep(1.1)
+        assert s3p.get_object(Bucket=bucket, Key="dark/k")["Body"].read() == b"x"
     finally:
         proc.stop()
     assert "--limit-scale" in ProxyProcess(moto_server, limits=LimitPlan(prefix_regex="x")).command()

@@ -41,7 +41,8 @@ Used by
   reads (GET, HEAD) at 5,500 x scale - and answers requests over it 503 SlowDown without forwarding
   them (HEAD: no body), as S3 does while a prefix scales. ``configure(limits=...)`` changes the plan
   on a running proxy, ``configure(blackout=30)`` answers every S3 request 503 SlowDown for the next
-  30 s. :meth:`S3Proxy.per_second` gives the S3 requests that arrived in each second (reads, writes,
+  30 s (``blackout_prefix="bucket/logs/"``: only object requests under it, from the first one on).
+  :meth:`S3Proxy.per_second` gives the S3 requests that arrived in each second (reads, writes,
   throttled), :meth:`S3Proxy.limit_counts` the totals by class and outcome.
 
 * a separate process, so the proxy's GIL does not compete with Spark or the benchmark::
@@ -56,7 +57,7 @@ Used by
   proxy's own endpoints, which are never forwarded nor counted:
   ``GET /__proxy__/counts`` (JSON), ``POST /__proxy__/reset``, ``POST /__proxy__/config`` (JSON body
   ``{"latency": 0.02, "faults": {...FaultPlan fields...} | null, "limits": {...LimitPlan fields...} | null,
-  "blackout": seconds}``), ``GET /__proxy__/health``.
+  "blackout": seconds, "blackout_prefix": "bucket/prefix" | null}``), ``GET /__proxy__/health``.
 
 Example::
 
@@ -529,7 +530,9 @@ class _State:
         self.faults = faults
         self.limits = limits
         self.buckets = TokenBuckets()
-        self.blackout_until = 0.0
+        self.blackout_until: float | None = 0.0
+        self.blackout_seconds = 0.0
+        self.blackout_prefix: str | None = None
         self.limit_counts: dict = {}  # (class, "allowed" | "throttled") -> n
         self.per_second: dict = {}  # int(time.time()) -> [reads, writes, throttled]
         self.rng = random.Random(faults.seed if faults else 0)
@@ -540,7 +543,7 @@ class _State:
         self.request_ids = 0
 
     def configure(self, latency: float | None = None, faults: Any = ..., limits: Any = ...,
-                  blackout: float | None = None) -> None:
+                  blackout: float | None = None, blackout_prefix: str | None = None) -> None:
         with self.lock:
             if latency is not None:
                 self.latency = float(latency)
@@ -552,7 +555,10 @@ class _State:
                 self.limits = limits
                 self.buckets = TokenBuckets()
             if blackout is not None:
-                self.blackout_until = time.monotonic() + float(blackout)
+                self.blackout_seconds = float(blackout)
+                self.blackout_prefix = blackout_prefix
+                # with a prefix, the stretch starts at the first request on it
+                self.blackout_until = None if blackout_prefix else time.monotonic() + self.blackout_seconds
 
     def throttle(self, method: str, bucket: str, key: str | None, list_prefix: str | None) -> bool:
         """Count an S3 request per second and class; True when it is over its prefix's limit (or in a
@@ -567,7 +573,14 @@ class _State:
                     del self.per_second[old]
             row[0 if cls == "read" else 1] += 1
             plan = self.limits
-            throttled = time.monotonic() < self.blackout_until
+            now = time.monotonic()
+            if self.blackout_prefix is None:
+                throttled = self.blackout_until is not None and now < self.blackout_until
+            else:
+                throttled = key is not None and f"{bucket}/{key}".startswith(self.blackout_prefix)
+                if throttled and self.blackout_until is None:
+                    self.blackout_until = now + self.blackout_seconds
+                throttled = throttled and now < (self.blackout_until or 0.0)
             if not throttled and plan is not None:
                 prefix = plan.prefix(key if key is not None else (list_prefix or ""))
                 rate = plan.rate(cls)
@@ -821,6 +834,7 @@ class _Handler(BaseHTTPRequestHandler):
             if "limits" in conf:
                 kwargs["limits"] = LimitPlan.from_json(conf["limits"])
             kwargs["blackout"] = conf.get("blackout")
+            kwargs["blackout_prefix"] = conf.get("blackout_prefix")
             state.configure(**kwargs)
             out = {"ok": True}
         else:
@@ -1110,10 +1124,12 @@ class S3Proxy(_CountsAPI):
         return self._state.latency
 
     def configure(self, *, latency: float | None = None, faults: Any = ..., limits: Any = ...,
-                  blackout: float | None = None) -> None:
+                  blackout: float | None = None, blackout_prefix: str | None = None) -> None:
         """While running: change the latency, install a fault plan or a limit plan (``None``: none), or
-        answer every S3 request 503 SlowDown for the next ``blackout`` seconds."""
-        self._state.configure(latency, faults, limits, blackout)
+        answer every S3 request 503 SlowDown for the next ``blackout`` seconds - with ``blackout_prefix``
+        (``"bucket/key prefix"``), only object requests under it, for ``blackout`` seconds from the first
+        such request."""
+        self._state.configure(latency, faults, limits, blackout, blackout_prefix)
 
     def counts(self) -> dict:
         with self._state.lock:
@@ -1198,8 +1214,8 @@ class ProxyProcess(LoopbackProcess, _CountsAPI):
             return json.loads(response.read())
 
     def configure(self, *, latency: float | None = None, faults: Any = ..., limits: Any = ...,
-                  blackout: float | None = None) -> None:
-        payload: dict = {"latency": latency, "blackout": blackout}
+                  blackout: float | None = None, blackout_prefix: str | None = None) -> None:
+        payload: dict = {"latency": latency, "blackout": blackout, "blackout_prefix": blackout_prefix}
         if faults is not ...:
             payload["faults"] = faults.to_json() if faults is not None else None
             self.faults = faults
