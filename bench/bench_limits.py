@@ -216,11 +216,11 @@ def main() -> int:
     print(f"\nat S3's request limits (emulated per prefix at half the job's unthrottled speed), "
           f"{LATENCY * 1000:.0f} ms latency, local[2], {os.cpu_count()} cores (shared)")
     print(f"  copy in place: unthrottled {unthrottled:.1f} objects/s; limit {limit:.1f} objects/s")
-    print(f"    AIMD (default):  goodput {aimd_rate:6.1f} objects/s = {aimd_rate / limit:.2f} of the limit "
+    print(f"    adaptive (default): goodput {aimd_rate:6.1f} objects/s = {aimd_rate / limit:.2f} of the limit "
           f"(target >= 0.9), throttled {100 * aimd_share:.1f}% of requests (target <= 10%), "
           f"FAILED {failed['aimd']}, waited {aimd['waited_seconds']} thread-s, whole run {aimd_s:.1f} s")
-    print(f"    fixed window 32: goodput {fixed_rate:6.1f} objects/s = {fixed_rate / limit:.2f} of the limit, "
-          f"throttled {100 * fixed_share:.1f}%, FAILED {failed['fixed']}")
+    print(f"    no adaptation (fixed 32 in flight): goodput {fixed_rate:6.1f} objects/s = "
+          f"{fixed_rate / limit:.2f} of the limit, throttled {100 * fixed_share:.1f}%, FAILED {failed['fixed']}")
     print(f"    published algorithm (sequential, plain boto3) through the same limit: "
           f"{pub_done / pub_s:.1f} objects/s, {pub_failed} of {N_BASELINE} failed, throttled {100 * pub_share:.1f}%, "
           f"{pub_reads:.2f} reads + {pub_writes:.2f} writes per object")
@@ -228,7 +228,7 @@ def main() -> int:
           f"for 3,500 objects/s")
     print(f"  anonymize (small objects): unthrottled {a_unthrottled:.1f} objects/s; limit {a_limit:.1f} objects/s "
           f"({a_reads:.2f} reads + {a_writes:.2f} writes per object)")
-    print(f"    AIMD (default):  goodput {a_rate:6.1f} objects/s = {a_rate / a_limit:.2f} of the limit, "
+    print(f"    adaptive (default): goodput {a_rate:6.1f} objects/s = {a_rate / a_limit:.2f} of the limit, "
           f"throttled {100 * a_share:.1f}%, FAILED {failed['anon']}, whole run {alim_s:.1f} s")
     print(f"    client CPU: {a_cpu_ms:.2f} ms/object -> {3500 * a_cpu_ms / 1000:.1f} cores for 3,500 objects/s")
     ours, no_acl, published = allowed(2, 1), allowed(1, 1), allowed(2, 2)

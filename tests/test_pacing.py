@@ -231,3 +231,24 @@ def test_under_a_prefix_limit_the_window_shrinks_and_every_request_gets_through(
         p.stop()
     assert sizes == [1] * 100
     assert snap["throttled"] > 0 and snap["window"] < 16
+
+
+def test_the_adaptive_rate_is_unlimited_until_throttled_then_cuts_and_probes_back_up():
+    clock = FakeClock()
+    rate = pacing.AdaptiveRate(clock=clock)
+    for _ in range(40):  # 40 requests in the last second
+        rate.on_send()
+        clock.now += 0.02
+    rate.on_success()
+    assert rate.rate is None
+    assert rate.on_throttled() and rate.rate == pytest.approx(28.0)  # 0.7 x measured
+    assert not rate.on_throttled()  # cooldown
+    clock.now += 1.0
+    assert rate.on_throttled() and rate.rate == pytest.approx(19.6)
+    for _ in range(20):  # one second of clean answers at ~20/s: about +1/s
+        rate.on_success()
+    assert rate.rate == pytest.approx(20.6, abs=0.05)
+    for _ in range(50):
+        clock.now += 1.0
+        rate.on_throttled()
+    assert rate.rate == 0.5  # the floor
