@@ -241,13 +241,17 @@ def test_the_adaptive_rate_is_unlimited_until_throttled_then_cuts_and_probes_bac
         clock.now += 0.02
     rate.on_success()
     assert rate.rate is None
-    assert rate.on_throttled() and rate.rate == pytest.approx(28.0)  # 0.7 x measured
+    assert rate.on_throttled() and rate.rate == pytest.approx(32.0)  # 0.8 x measured
     assert not rate.on_throttled()  # cooldown
     clock.now += 1.0
-    assert rate.on_throttled() and rate.rate == pytest.approx(19.6)
-    for _ in range(20):  # one second of clean answers at ~20/s: about +1/s
+    assert rate.on_throttled() and rate.rate == pytest.approx(25.6)
+    for _ in range(25):  # a second of clean answers at ~25/s: 40% of the way back to the last maximum (32)
         rate.on_success()
-    assert rate.rate == pytest.approx(20.6, abs=0.05)
+    assert rate.rate == pytest.approx(28.1, abs=0.3)
+    rate.rate = 32.0
+    for _ in range(32):  # at the last maximum: probe 10%/s
+        rate.on_success()
+    assert rate.rate == pytest.approx(35.2, abs=0.2)
     for _ in range(50):
         clock.now += 1.0
         rate.on_throttled()
