@@ -1,5 +1,6 @@
-"""The test bed: one moto server per session on a free loopback port behind a fault proxy, one local[2]
-SparkSession."""
+"""The test bed: one strict moto server per session (moto plus the S3 behaviours it lacks,
+:mod:`s3lake.testbed.strict_s3`) on a free loopback port behind a fault proxy, one local[2] SparkSession;
+a plain moto server, started only if a test asks for ``plain_moto``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from s3lake.testbed import MotoServer
 
 @pytest.fixture(scope="session")
 def _testbed(tmp_path_factory):
-    """The session's moto server and, in front of it, a fault proxy (no latency, no faults by default).
+    """The session's strict moto server and, in front of it, a fault proxy (no latency, no faults by default).
 
     The environment points boto3, pyarrow and the AWS CLI at the proxy, so Spark's Python workers (which
     inherit the environment once, when they start) route through it too; tests that inject faults
@@ -21,7 +22,7 @@ def _testbed(tmp_path_factory):
     from s3lake.testbed.proxy import ProxyProcess
 
     logs = tmp_path_factory.mktemp("moto")
-    server = MotoServer(log_path=str(logs / "moto.log"))
+    server = MotoServer(log_path=str(logs / "moto.log"), strict=True)
     server.start()
     proxy = ProxyProcess(server.url, log_path=str(logs / "proxy.log"))
     try:
@@ -46,6 +47,17 @@ def _testbed(tmp_path_factory):
 def moto_server(_testbed):
     """The moto server's own URL (bypasses the proxy); ``AWS_ENDPOINT_URL`` is the proxy's."""
     return _testbed[0].url
+
+
+@pytest.fixture(scope="session")
+def plain_moto(tmp_path_factory):
+    """URL of a plain (not strict) moto server of its own, for tests that show what moto lacks.
+
+    Not in the environment: talk to it with clients built for its URL.
+    """
+    server = MotoServer(log_path=str(tmp_path_factory.mktemp("plain-moto") / "moto.log"), strict=False)
+    yield server.start()
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,8 @@ def add_run_options(p: argparse.ArgumentParser, *, concurrency: int, dry_run_hel
                         "(900, 15m, 1h; default 15m)")
     p.add_argument("--progress-interval", type=float, default=30.0, metavar="SECONDS",
                    help="seconds between progress lines on the driver (default 30; 0: none)")
+    p.add_argument("--request-payer", choices=["requester"],
+                   help="Requester Pays buckets: send x-amz-request-payer on every request (this account pays)")
 
 
 def check_run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -8,18 +8,28 @@ Used by every job that rewrites an object in place (copy-in-place, anonymize), s
 * user metadata;
 * storage class;
 * SSE: AES256, or aws:kms / aws:kms:dsse with the exact key id and BucketKeyEnabled;
-* checksum algorithm; Object Lock mode, retain-until date and legal hold.
+* checksum: every algorithm botocore's S3 service model knows (CRC32, CRC32C, CRC64NVME, SHA1, SHA256
+  and newer ones), and its type (FULL_OBJECT or COMPOSITE) where the write can carry it;
+* Object Lock: mode and retain-until date while the date is in the future (S3 rejects a past one),
+  and the legal hold.
 
 ACL grants ride on the same write (:mod:`s3lake.acl_grants`).
 
-Reference: CopyObject https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html (metadata
-directive, SSE, storage class, self-copy rule).
+References: CopyObject https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html (metadata
+directive, SSE, storage class, self-copy rule); checksums and their types
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity.html (FULL_OBJECT for
+CRC32/CRC32C/CRC64NVME, COMPOSITE for CRC32/CRC32C/SHA1/SHA256; CRC64NVME is always full-object; a
+single CopyObject/PutObject gives a full-object checksum); Object Lock
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-lock.html (a retain-until date must be in
+the future); user-defined metadata (2 KB, the UTF-8 bytes of every key and value)
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingMetadata.html#UserMetadata.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 SYSTEM_HEADERS = (
@@ -32,8 +42,11 @@ SYSTEM_HEADERS = (
     "WebsiteRedirectLocation",
 )
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
-CHECKSUM_KEYS = {"ChecksumCRC32": "CRC32", "ChecksumCRC32C": "CRC32C", "ChecksumSHA1": "SHA1",
-                 "ChecksumSHA256": "SHA256", "ChecksumCRC64NVME": "CRC64NVME"}
+# S3's default checksum since December 2024, and the one for a write whose source has none.
+DEFAULT_CHECKSUM = "CRC64NVME"
+FULL_OBJECT_ONLY = frozenset({"CRC64NVME"})
+COMPOSITE_ONLY = frozenset({"SHA1", "SHA256"})
+MAX_USER_METADATA = 2048  # bytes: UTF-8 of every key and value (S3 answers MetadataTooLarge above)
 ENCRYPTION_STATUS = {"AES256": "SSE-S3", "aws:kms": "SSE-KMS", "aws:kms:dsse": "DSSE-KMS"}
 
 
@@ -60,6 +73,8 @@ class ObjectState:
     checksum_algorithm: str | None
     object_lock: Mapping[str, Any]
     tag_count: int
+    checksum_type: str | None = None  # FULL_OBJECT or COMPOSITE
+    checksum_value: str | None = None  # base64, as HEAD returns it (``-N`` suffix for a composite one)
 
     @classmethod
     def from_head(cls, bucket: str, key: str, head: Mapping[str, Any]) -> ObjectState:
@@ -69,6 +84,7 @@ class ObjectState:
         lock = {k: head[k] for k in ("ObjectLockMode", "ObjectLockRetainUntilDate", "ObjectLockLegalHoldStatus")
                 if head.get(k)}
         version = head.get("VersionId")
+        algorithm = next((alg for k, alg in checksum_keys().items() if head.get(k)), None)
         return cls(
             bucket=bucket,
             key=key,
@@ -86,9 +102,11 @@ class ObjectState:
             replication_status=head.get("ReplicationStatus"),
             restore=head.get("Restore"),
             archive_status=head.get("ArchiveStatus"),
-            checksum_algorithm=next((alg for k, alg in CHECKSUM_KEYS.items() if head.get(k)), None),
+            checksum_algorithm=algorithm,
             object_lock=lock,
             tag_count=int(head.get("TagCount") or 0),
+            checksum_type=head.get("ChecksumType") if algorithm else None,
+            checksum_value=head.get(f"Checksum{algorithm}") if algorithm else None,
         )
 
     @property
@@ -106,8 +124,58 @@ class ObjectState:
         return archived and not restored
 
 
+@functools.lru_cache(maxsize=1)
+def checksum_keys() -> dict[str, str]:
+    """``{"ChecksumCRC32": "CRC32", ...}`` for every checksum algorithm in botocore's S3 model that
+    HeadObject can return, so an algorithm S3 adds later is kept without a code change."""
+    import botocore.session
+
+    model = botocore.session.Session().get_service_model("s3")
+    returned = model.operation_model("HeadObject").output_shape.members
+    return {f"Checksum{alg}": alg for alg in model.shape_for("ChecksumAlgorithm").enum if f"Checksum{alg}" in returned}
+
+
+def checksum_type_for(algorithm: str, wanted: str | None) -> str:
+    """The multipart checksum type that keeps ``wanted`` where ``algorithm`` allows it."""
+    if algorithm in FULL_OBJECT_ONLY:
+        return "FULL_OBJECT"
+    if algorithm in COMPOSITE_ONLY:
+        return "COMPOSITE"
+    return wanted or "FULL_OBJECT"
+
+
+def multipart_checksum(state: ObjectState) -> dict[str, str]:
+    """``ChecksumAlgorithm`` + ``ChecksumType`` for CreateMultipartUpload: the object's own algorithm and
+    type (S3's default CRC64NVME for an object without one)."""
+    algorithm = state.checksum_algorithm or DEFAULT_CHECKSUM
+    return {"ChecksumAlgorithm": algorithm, "ChecksumType": checksum_type_for(algorithm, state.checksum_type)}
+
+
+def metadata_size(metadata: Mapping[str, str]) -> int:
+    """S3's measure of user-defined metadata: the UTF-8 bytes of every key and value."""
+    return sum(len(k.encode("utf-8")) + len(str(v).encode("utf-8")) for k, v in metadata.items())
+
+
+def lock_to_resend(lock: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """The Object Lock headers a new version can carry: the legal hold always; mode and retain-until date
+    only while that date is in the future (S3 answers 400 to a past one, and the lock has expired)."""
+    out = {k: v for k, v in lock.items() if k == "ObjectLockLegalHoldStatus"}
+    until = lock.get("ObjectLockRetainUntilDate")
+    if isinstance(until, str):
+        try:
+            until = datetime.fromisoformat(until.replace("Z", "+00:00"))
+        except ValueError:
+            until = None
+    if isinstance(until, datetime):
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=timezone.utc)
+        if until > (now or datetime.now(timezone.utc)):
+            out.update({k: lock[k] for k in ("ObjectLockMode", "ObjectLockRetainUntilDate") if k in lock})
+    return out
+
+
 def write_attributes(state: ObjectState, *, metadata: Mapping[str, str] | None = None,
-                     checksum_algorithm: str | None = None) -> dict[str, Any]:
+                     checksum_algorithm: str | None = None, now: datetime | None = None) -> dict[str, Any]:
     """Request parameters that give a new write every attribute ``state`` has.
 
     Valid for CopyObject (with ``MetadataDirective=REPLACE``), PutObject and CreateMultipartUpload.
@@ -126,5 +194,5 @@ def write_attributes(state: ObjectState, *, metadata: Mapping[str, str] | None =
     algorithm = state.checksum_algorithm or checksum_algorithm
     if algorithm:
         params["ChecksumAlgorithm"] = algorithm
-    params.update(state.object_lock)
+    params.update(lock_to_resend(state.object_lock, now))
     return params

@@ -1,10 +1,11 @@
 """``make demo``: every s3lake job end to end on an embedded local default.
 
-Starts a moto server on a free loopback port (the local AWS: S3, Glue, KMS, SSM), points boto3 at it
+Starts a moto server on a free loopback port (the local AWS: S3, Glue, KMS, SSM), in strict mode (the
+S3 behaviours moto lacks, :mod:`s3lake.testbed.strict_s3`) unless ``--plain-moto``, points boto3 at it
 through ``AWS_ENDPOINT_URL``, then runs copy-in-place through spark-submit on local Spark, and the
 anonymization pass and JSON-to-Parquet on a local SparkSession, each printing its summary.
 
-    python -m s3lake.demo [--workdir DIR] [--only copy-in-place|anonymize|json-to-parquet ...]
+    python -m s3lake.demo [--workdir DIR] [--only copy-in-place|anonymize|json-to-parquet ...] [--plain-moto]
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ def main(argv: list[str] | None = None) -> int:
                                 allow_abbrev=False)
     p.add_argument("--workdir", default=".demo", help="scratch folder, emptied first (default .demo)")
     p.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS))
+    p.add_argument("--plain-moto", action="store_true", help="plain moto instead of the strict S3 emulation")
     args = p.parse_args(argv)
     workdir = Path(args.workdir).resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     status = 0
-    server = MotoServer(log_path=str(workdir / "moto.log"))
+    server = MotoServer(log_path=str(workdir / "moto.log"), strict=not args.plain_moto)
     with server as url:
         os.environ.update(server.environ())
-        print(f"local AWS endpoint (moto): {url}\nscratch: {workdir}\n", flush=True)
+        kind = "plain moto" if args.plain_moto else "moto, strict S3"
+        print(f"local AWS endpoint ({kind}): {url}\nscratch: {workdir}\n", flush=True)
         spark = None
         for step in args.only:
             print(f"=== {step} ===", flush=True)

@@ -30,17 +30,18 @@ def run(workdir: str, spark) -> None:
 
     from jobs import anonymize as job
     from s3lake import aws
-    from s3lake.testbed.seed import make_bucket, make_kms_key
+    from s3lake.testbed.seed import make_bucket, make_kms_key, writer
 
     s3 = aws.s3()
     make_bucket(BUCKET, versioned=True)
     kms = make_kms_key("demo uploads key")
-    s3.put_object(Bucket=BUCKET, Key="uploads/2024/05/01/a.json", Body=_records(20), Tagging="team=sec",
-                  ServerSideEncryption="aws:kms", SSEKMSKeyId=kms, ContentType="application/x-ndjson")
-    s3.put_object(Bucket=BUCKET, Key="uploads/2024/05/01/b.json.gz", Body=gzip.compress(_records(30, 100)),
-                  ContentEncoding="gzip", ContentType="application/x-ndjson")
-    s3.put_object(Bucket=BUCKET, Key="uploads/2024/05/01/clean.json", Body=b'{"id": 1, "note": "nothing"}\n')
-    s3.put_object(Bucket=BUCKET, Key="uploads/2024/05/01/broken.json", Body=_records(2) + b'{"id": \n')
+    seed = writer()  # no client checksum: strict S3 gives each upload its default CRC64NVME
+    seed.put_object(Bucket=BUCKET, Key="uploads/2024/05/01/a.json", Body=_records(20), Tagging="team=sec",
+                    ServerSideEncryption="aws:kms", SSEKMSKeyId=kms, ContentType="application/x-ndjson")
+    seed.put_object(Bucket=BUCKET, Key="uploads/2024/05/01/b.json.gz", Body=gzip.compress(_records(30, 100)),
+                    ContentEncoding="gzip", ContentType="application/x-ndjson")
+    seed.put_object(Bucket=BUCKET, Key="uploads/2024/05/01/clean.json", Body=b'{"id": 1, "note": "nothing"}\n')
+    seed.put_object(Bucket=BUCKET, Key="uploads/2024/05/01/broken.json", Body=_records(2) + b'{"id": \n')
     results = str(Path(workdir) / "anonymize" / "results")
     os.environ.setdefault("S3LAKE_HMAC_KEY", "demo-key-not-secret")
     common = ["--source", f"s3://{BUCKET}/uploads/", "--rules", str(CONF / "security-lake.json"),

@@ -27,13 +27,18 @@ def free_port() -> int:
 class MotoServer(LoopbackProcess):
     """A moto server in its own process: ``with MotoServer() as url: ...``.
 
-    ``environ()`` gives the variables that point boto3 (and the AWS CLI) at it.
+    ``strict`` (the default) adds the S3 behaviours moto lacks (:mod:`s3lake.testbed.strict_s3`);
+    ``strict=False`` is plain moto. ``environ()`` gives the variables that point boto3 (and the AWS
+    CLI) at it.
     """
 
     name = "moto server"
 
-    def __init__(self, port: int | None = None, log_path: str | None = None) -> None:
+    def __init__(self, port: int | None = None, log_path: str | None = None, *, strict: bool = True) -> None:
         self.port = port or free_port()
+        self.strict = strict
+        if not strict:
+            self.name = "plain moto server"
         super().__init__(f"http://127.0.0.1:{self.port}", log_path)
 
     def environ(self) -> dict[str, str]:
@@ -46,5 +51,7 @@ class MotoServer(LoopbackProcess):
         env.update(DUMMY_CREDENTIALS)
         env.pop("AWS_ENDPOINT_URL", None)
         command = [sys.executable, "-m", "s3lake.testbed.moto_server", "-H", "127.0.0.1", "-p", str(self.port)]
+        if self.strict:
+            command.append("--strict")
         return self._launch(command, env, lambda: urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).read(),
                             timeout=60)

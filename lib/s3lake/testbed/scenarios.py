@@ -8,7 +8,7 @@ from typing import Any
 
 from s3lake import aws
 from s3lake.testbed.inventory import WrittenDelivery, inventory_row, write_inventory
-from s3lake.testbed.seed import make_bucket, make_kms_key
+from s3lake.testbed.seed import make_bucket, make_kms_key, writer
 
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
 AUTH_USERS = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers"
@@ -73,7 +73,7 @@ def seed_rich_bucket(bucket: str, *, inventory_bucket: str | None = None, table:
     for role, params in rich_objects(bucket, kms_key).items():
         if ownership == "BucketOwnerEnforced":
             params = {k: v for k, v in params.items() if not k.startswith("Grant")}
-        s3.put_object(Bucket=bucket, **params)
+        writer().put_object(Bucket=bucket, **params)
         keys[role] = params["Key"]
     scenario = Scenario(bucket, kms_key, keys)
     if inventory_bucket:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -19,6 +20,24 @@ def make_bucket(name: str, *, versioned: bool = False, ownership: str | None = N
     if versioned:
         s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
     return name
+
+
+def writer() -> Any:
+    """An S3 client that sends no checksum of its own, as most of a lake's writers do (Firehose, older SDKs).
+
+    Strict S3 then gives each object S3's default CRC64NVME full-object checksum, the way S3 stores
+    every new object since December 2024; seeded fixtures are written through it.
+    """
+    return _writer(aws.endpoint_url("s3"), aws.region())
+
+
+@functools.cache
+def _writer(endpoint: str | None, region: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = aws.client_config().merge(Config(request_checksum_calculation="when_required"))
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
 
 
 def make_kms_key(description: str = "s3lake test key") -> str:
@@ -62,6 +81,8 @@ def object_state(bucket: str, key: str, *, with_acl: bool = True) -> dict[str, A
         "object_lock_mode": head.get("ObjectLockMode"),
         "object_lock_retain_until": head.get("ObjectLockRetainUntilDate"),
         "legal_hold": head.get("ObjectLockLegalHoldStatus"),
+        # the algorithm and type S3 keeps (the value follows from the bytes, compared as sha256)
+        "checksum": checksum_kind(head),
         "tags": sorted((t["Key"], t["Value"]) for t in tags),
         "size": head["ContentLength"],
         "sha256": digest,
@@ -72,6 +93,12 @@ def object_state(bucket: str, key: str, *, with_acl: bool = True) -> dict[str, A
         state["owner"] = acl["Owner"].get("ID")
         state["grants"] = sorted(json.dumps(g, sort_keys=True) for g in acl["Grants"])
     return state
+
+
+def checksum_kind(head: dict[str, Any]) -> str | None:
+    """``"CRC64NVME FULL_OBJECT"``: the stored checksum's algorithm and type from a HEAD with ChecksumMode."""
+    names = sorted(k[len("Checksum"):] for k in head if k.startswith("Checksum") and k != "ChecksumType")
+    return " ".join(names + [head.get("ChecksumType") or "?"]) if names else None
 
 
 def count_versions(bucket: str, key: str) -> int:
