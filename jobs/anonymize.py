@@ -5,7 +5,8 @@
         --rules PATH_OR_S3_URL --results PATH [--hmac-key-param NAME] [--min-age 300s] \\
         [--processed-tag PROCESSED=true] [--dry-run] [--run-id ID] [--concurrency N] [--partitions N] \\
         [--part-size BYTES] [--purge-noncurrent] [--results-table DB.TABLE] [--max-failures N] \\
-        [--request-payer requester]
+        [--request-payer requester] [--max-requests-per-second N] [--object-deadline 15m] \\
+        [--progress-interval 30]
 
 Each object is replaced atomically under its own key (conditional on the ETag read, every attribute,
 ACL grant and tag kept, plus the processed tag), or only tagged when no line changed. The HMAC key
@@ -82,7 +83,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         request_payer=args.request_payer,
     )
     log.info("run %s over %s with %d rules", run_id, source_id, len(ruleset.rules))
-    summary, _ = anonymize.run(spark, candidates, settings, args.results, args.partitions, bucket_counts)
+    summary, _ = anonymize.run(spark, candidates, settings, args.results, args.partitions, bucket_counts,
+                               cli.pace_options(args))
     if args.results_table:
         results_catalog.register_run(args.results_table, args.results, results.SCHEMA, run_id)
     title = f"anonymize run {run_id}{' (dry run)' if args.dry_run else ''}"

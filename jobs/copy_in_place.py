@@ -4,7 +4,8 @@
         (--inventory-table DB.TABLE [--inventory-date DT] | --inventory-manifest S3_URL | --from-report PATH) \\
         --results PATH [--statuses none,FAILED] [--dry-run] [--prices FILE] [--run-id ID] [--no-copy-acls] \\
         [--acl-from-inventory] [--concurrency N] [--partitions N] [--multipart-threshold BYTES] \\
-        [--no-replication-check] [--results-table DB.TABLE] [--max-failures N] [--request-payer requester]
+        [--no-replication-check] [--results-table DB.TABLE] [--max-failures N] [--request-payer requester] \\
+        [--max-requests-per-second N] [--object-deadline 15m] [--progress-interval 30]
 
 Reads the bucket's S3 Inventory, picks the latest versions whose replication status is one of
 ``--statuses`` and copies each onto itself keeping ACL, SSE (exact KMS key), storage class, tags, user
@@ -113,7 +114,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         scopes=scopes,
         request_payer=args.request_payer,
     )
-    summary, _ = copy_in_place.run(spark, candidates, settings, args.results, args.partitions)
+    summary, _ = copy_in_place.run(spark, candidates, settings, args.results, args.partitions,
+                                   cli.pace_options(args))
     if args.results_table:
         results_catalog.register_run(args.results_table, args.results, results.SCHEMA, run_id)
     title = f"copy-in-place run {run_id}{' (dry run)' if args.dry_run else ''}"

@@ -19,7 +19,15 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
-from s3lake.testbed.proxy import OBJECT_WRITES, FaultPlan, ProxyProcess, S3Proxy, s3_operation
+from s3lake.testbed.proxy import (
+    OBJECT_WRITES,
+    FaultPlan,
+    LimitPlan,
+    ProxyProcess,
+    S3Proxy,
+    TokenBuckets,
+    s3_operation,
+)
 
 
 def client(url: str, service: str = "s3", attempts: int = 1, pool: int = 10):
@@ -417,6 +425,128 @@ def test_chunked_and_aws_chunked_bodies_pass_through(proxy, moto_server, bucket,
     got = s3.get_object(Bucket=bucket, Key="proxied")["Body"].read()
     assert got == s3.get_object(Bucket=bucket, Key="direct")["Body"].read() == payload
     assert proxy.counts() == {"PutObject": 2}
+
+
+# ---------------------------------------------------------------------------------- per-prefix limits
+
+
+@pytest.mark.parametrize("plan, key, prefix", [
+    (LimitPlan(), "logs/2024/a.json", "logs/"),
+    (LimitPlan(), "a.json", ""),
+    (LimitPlan(prefix_depth=2), "logs/2024/a.json", "logs/2024/"),
+    (LimitPlan(prefix_depth=2), "logs/a.json", "logs/"),
+    (LimitPlan(prefix_depth=0), "logs/a.json", ""),
+    (LimitPlan(prefix_regex=r"[0-9a-f]{2}"), "7f/x", "7f"),
+    (LimitPlan(prefix_regex=r"[0-9a-f]{2}"), "zz/x", ""),
+])
+def test_a_keys_prefix_is_its_first_folders_or_what_the_regex_matches(plan, key, prefix):
+    assert plan.prefix(key) == prefix
+
+
+def test_limits_keep_s3s_write_to_read_ratio_scaled():
+    plan = LimitPlan(scale=0.01)
+    assert (plan.rate("write"), plan.rate("read")) == (35.0, 55.0)
+    with pytest.raises(ValueError):
+        LimitPlan(scale=0)
+    with pytest.raises(ValueError):
+        LimitPlan(prefix_regex="(")
+
+
+def test_token_bucket_allows_its_depth_then_its_rate():
+    now = [0.0]
+    buckets = TokenBuckets(clock=lambda: now[0])
+    assert [buckets.take("p", 10.0, 3.0) for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.1  # one token refilled
+    assert [buckets.take("p", 10.0, 3.0) for _ in range(2)] == [True, False]
+    assert buckets.take("other", 10.0, 3.0)  # buckets are independent
+    now[0] += 100
+    assert sum(buckets.take("p", 10.0, 3.0) for _ in range(10)) == 3  # never more than the depth
+
+
+def test_requests_over_a_prefixs_limit_get_slowdown_per_class_and_prefix(moto_server, bucket, s3):
+    # 3.5 writes/s and 5.5 reads/s per prefix, 1 s deep: the 5th write in a burst is over the limit
+    with S3Proxy(moto_server, limits=LimitPlan(scale=0.001, burst=1.0)) as url:
+        s3p = client(url)
+        outcomes = []
+        for i in range(6):
+            try:
+                s3p.put_object(Bucket=bucket, Key=f"a/{i}", Body=b"x")
+                outcomes.append("ok")
+            except ClientError as exc:
+                assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+                outcomes.append(error_code(exc))
+        assert outcomes[:3] == ["ok"] * 3 and "SlowDown" in outcomes[3:]
+        s3p.put_object(Bucket=bucket, Key="b/0", Body=b"x")  # another prefix: its own bucket
+        s3p.get_object(Bucket=bucket, Key="a/0")["Body"].read()  # reads: their own bucket too
+        throttled_keys = [f"a/{i}" for i, o in enumerate(outcomes) if o != "ok"]
+    listed = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    assert not listed & set(throttled_keys)  # a throttled request never reaches upstream
+
+
+def test_a_throttled_head_is_a_bodyless_503(moto_server, bucket, s3):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    with S3Proxy(moto_server, limits=LimitPlan(scale=0.0001)) as url:  # 0.55 reads/s, depth 1
+        host, port = url.split("//")[1].split(":")
+        statuses = []
+        for _ in range(2):
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            conn.request("HEAD", f"/{bucket}/k")
+            response = conn.getresponse()
+            statuses.append((response.status, response.read()))
+            conn.close()
+    assert statuses[0][0] != 503 and statuses[1] == (503, b"")  # (the first: moto's answer to an unsigned HEAD)
+
+
+def test_per_second_counts_and_limit_counts_show_every_s3_request(moto_server, bucket):
+    p = S3Proxy(moto_server, limits=LimitPlan(scale=0.001, burst=1.0))
+    url = p.start()
+    try:
+        s3p = client(url)
+        for i in range(8):
+            try:
+                s3p.put_object(Bucket=bucket, Key=f"c/{i}", Body=b"x")
+            except ClientError:
+                pass
+        counts = p.limit_counts()
+        rows = p.per_second()
+    finally:
+        p.stop()
+    assert counts[("write", "allowed")] + counts[("write", "throttled")] == 8
+    assert counts[("write", "throttled")] >= 4
+    assert sum(r[2] for r in rows) == 8 and sum(r[3] for r in rows) == counts[("write", "throttled")]
+    assert all(r[1] == 0 for r in rows)
+
+
+def test_a_blackout_throttles_everything_for_its_stretch_on_a_proxy_process(moto_server, bucket):
+    proc = ProxyProcess(moto_server, limits=LimitPlan(scale=10.0))
+    url = proc.start()
+    try:
+        s3p = client(url)
+        s3p.put_object(Bucket=bucket, Key="k", Body=b"x")
+        proc.configure(blackout=1.0)
+        with pytest.raises(ClientError) as err:
+            s3p.get_object(Bucket=bucket, Key="k")
+        assert error_code(err.value) == "SlowDown"
+        time.sleep(1.1)
+        assert s3p.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
+        proc.configure(limits=LimitPlan(scale=0.0001))
+        s3p.get_object(Bucket=bucket, Key="k")["Body"].read()
+        with pytest.raises(ClientError):
+            s3p.get_object(Bucket=bucket, Key="k")
+        assert proc.limit_counts()[("read", "throttled")] == 2
+        proc.configure(limits=None)
+        s3p.get_object(Bucket=bucket, Key="k")["Body"].read()
+        s3p.put_object(Bucket=bucket, Key="dark/k", Body=b"x")
+        proc.configure(blackout=1.0, blackout_prefix=f"{bucket}/dark/")
+        time.sleep(1.1)  # a prefixed stretch starts at its first request, not at configure
+        s3p.get_object(Bucket=bucket, Key="k")["Body"].read()  # other keys are served
+        with pytest.raises(ClientError):
+            s3p.get_object(Bucket=bucket, Key="dark/k")
+        time.sleep(1.1)
+        assert s3p.get_object(Bucket=bucket, Key="dark/k")["Body"].read() == b"x"
+    finally:
+        proc.stop()
+    assert "--limit-scale" in ProxyProcess(moto_server, limits=LimitPlan(prefix_regex="x")).command()
 
 
 # ---------------------------------------------------------------------------------- subprocess

@@ -78,6 +78,7 @@ from s3lake.object_attributes import (
     metadata_size,
     write_attributes,
 )
+from s3lake.pacing import PaceOptions
 from s3lake.per_object_job import Counter, bounded_map, run_per_object
 from s3lake.rules import RuleSet
 
@@ -893,8 +894,9 @@ def source_candidates(spark: SparkSession, url: str) -> tuple[DataFrame, dict[st
 
 def run(spark: SparkSession, candidates: DataFrame, settings: Settings, results_path: str,
         partitions: int | None = None, bucket_counts: Mapping[str, int] | None = None,
-        ) -> tuple[dict[str, Any], DataFrame]:
+        pace: PaceOptions | None = None) -> tuple[dict[str, Any], DataFrame]:
     """Process every candidate, write the results once, return (summary, this run's results).
     ``bucket_counts``: candidates per bucket when already known (``source_candidates``)."""
     return run_per_object(spark, candidates, results_path, settings.run_id, partitions, not settings.dry_run,
-                          lambda rows, infos: process_partition(rows, settings, infos), bucket_counts)
+                          lambda rows, infos: process_partition(rows, settings, infos), bucket_counts,
+                          concurrency=settings.concurrency, pace=pace)

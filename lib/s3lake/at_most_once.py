@@ -41,18 +41,32 @@ def write_once(write: Callable[[], R], applied: Callable[[], R | None], *, attem
     ``write`` must go through a client with retries off; on a retryable failure the outcome is unknown (the
     response may have been lost after S3 applied it), so ``applied()`` checks the object (e.g. for the run's
     marker) and returns a result if the write did happen. Returns (result, write attempts made).
+
+    Inside a paced task (:mod:`s3lake.pacing`) the loop is bounded by the object's deadline instead of
+    ``attempts`` (the paced once-client has already waited out plain throttling by then).
     """
-    for attempt in range(attempts):
+    from s3lake import pacing
+
+    pacer = pacing.current()
+    deadline = pacer.deadline(pacer.clock()) if pacer is not None else None
+    attempt = 0
+    while True:
         try:
             return write(), attempt + 1
         except Exception as exc:  # noqa: BLE001
-            if not is_retryable(exc) or attempt == attempts - 1:
+            out_of_time = pacer.clock() >= deadline if pacer is not None else attempt >= attempts - 1
+            if not is_retryable(exc) or out_of_time:
                 raise
             found = applied()
             if found is not None:
                 return found, attempt + 1
-            backoff_sleep(attempt)
-    raise AssertionError("unreachable")
+            if pacer is not None:
+                delay = min(pacing.backoff(attempt + 1), max(0.0, deadline - pacer.clock()))
+                pacer.add_wait(delay)
+                time.sleep(delay)
+            else:
+                backoff_sleep(attempt)
+            attempt += 1
 
 
 def create_multipart_once(params: Mapping[str, Any], counter: Counter | None = None) -> str:

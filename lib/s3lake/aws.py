@@ -8,6 +8,9 @@
   (measured: ~25% fewer objects/s in ``make bench``) and only pays off under sustained throttling.
   botocore's retry handler backs off on 500/503 SlowDown/throttling and connection errors, so reads
   need no retry loop of their own; non-idempotent writes use :func:`s3lake.at_most_once.write_once`.
+* Inside an object job's task (a :func:`s3lake.pacing.task` is current) clients are *paced* instead:
+  botocore's retries (and so its retry quota) are off and :func:`s3lake.pacing.install` retries
+  throttling and 5xx until the object's deadline, takes the task's rate tokens and feeds its window.
 * ``S3LAKE_MAX_POOL`` (default 64): HTTP connections per client, at least the per-task concurrency.
 * Requester Pays: after :func:`use_request_payer` ("requester") every S3 request of this process carries
   ``x-amz-request-payer: requester``
@@ -62,8 +65,14 @@ def client_config(max_attempts: int | None = None, max_pool: int | None = None) 
 
 
 def client(service: str, *, max_attempts: int | None = None, max_pool: int | None = None) -> Any:
-    """A cached boto3 client for ``service`` in this process (safe to share across threads)."""
+    """A cached boto3 client for ``service`` in this process (safe to share across threads); paced while
+    a :func:`s3lake.pacing.task` is current (``max_attempts=1`` then means: a client for non-idempotent
+    writes, whose unknown outcomes its caller checks)."""
+    from s3lake import pacing
+
+    paced = pacing.current() is not None
     key = (
+        paced,
         os.getpid(),
         service,
         max_attempts,
@@ -88,8 +97,10 @@ def client(service: str, *, max_attempts: int | None = None, max_pool: int | Non
             found = session.client(
                 service,
                 endpoint_url=endpoint_url(service),
-                config=client_config(max_attempts, max_pool),
+                config=client_config(1 if paced else max_attempts, max_pool),
             )
+            if paced:
+                pacing.install(found, once=max_attempts == 1)
             if service == "s3" and _request_payer:
                 found.meta.events.register("before-sign.s3", _payer_header(_request_payer))
             _cache[key] = found

@@ -60,6 +60,7 @@ from s3lake.object_attributes import (
     multipart_checksum,
     write_attributes,
 )
+from s3lake.pacing import PaceOptions
 from s3lake.per_object_job import Counter, bounded_map, run_per_object
 from s3lake.replication_scope import Scope
 
@@ -410,7 +411,7 @@ def process_partition(rows: Iterable[Any], settings: Settings, buckets: Mapping[
 
 
 def run(spark: SparkSession, candidates: DataFrame, settings: Settings, results_path: str,
-        partitions: int | None = None) -> tuple[dict[str, Any], DataFrame]:
+        partitions: int | None = None, pace: PaceOptions | None = None) -> tuple[dict[str, Any], DataFrame]:
     """Process every candidate, write the results once, return (summary, this run's results).
 
     ``summary["tally"]`` is the run's :class:`~s3lake.pricing.Tally` of per-object requests (a dry run's
@@ -428,7 +429,8 @@ def run(spark: SparkSession, candidates: DataFrame, settings: Settings, results_
     tallies = spark.sparkContext.accumulator(pricing.Tally(), TallyParam())
     summary, written = run_per_object(spark, candidates, results_path, settings.run_id, partitions,
                                       settings.copy_acls,
-                                      lambda rows, infos: process_partition(rows, settings, infos, tallies))
+                                      lambda rows, infos: process_partition(rows, settings, infos, tallies),
+                                      concurrency=settings.concurrency, pace=pace)
     summary["tally"] = tallies.value
     return summary, written
 

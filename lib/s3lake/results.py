@@ -131,6 +131,10 @@ def format_summary(title: str, summary: Mapping[str, Any]) -> str:
              f"({summary['objects_per_second']} objects/s, {summary['requests_per_object']} S3 requests/object)"]
     for status, n in summary["statuses"].items():
         lines.append(f"  {status:<22} {n}")
+    if "attempts" in summary:
+        lines.append(f"  S3 request attempts {summary['attempts']}, {summary['throttled']} throttled "
+                     f"({100 * summary['throttled_share']:.1f}%); task threads waited {summary['waited_seconds']} s "
+                     "(backoff and rate cap, summed)")
     return "\n".join(lines)
 
 

@@ -36,17 +36,28 @@ Used by
   :meth:`S3Proxy.fault_counts` counts them by ``(kind, operation)``. ``configure(faults=...)``
   installs a new plan (and restarts its random sequence) on a running proxy.
 
+* S3's per-prefix request limits: ``S3Proxy(upstream, limits=LimitPlan(scale=0.01))`` keeps a token
+  bucket per (bucket, prefix, class) - writes (PUT, COPY, POST, DELETE) at 3,500 x scale per second,
+  reads (GET, HEAD) at 5,500 x scale - and answers requests over it 503 SlowDown without forwarding
+  them (HEAD: no body), as S3 does while a prefix scales. ``configure(limits=...)`` changes the plan
+  on a running proxy, ``configure(blackout=30)`` answers every S3 request 503 SlowDown for the next
+  30 s (``blackout_prefix="bucket/logs/"``: only object requests under it, from the first one on).
+  :meth:`S3Proxy.per_second` gives the S3 requests that arrived in each second (reads, writes,
+  throttled), :meth:`S3Proxy.limit_counts` the totals by class and outcome.
+
 * a separate process, so the proxy's GIL does not compete with Spark or the benchmark::
 
       python -m s3lake.testbed.proxy --upstream URL [--port N] [--latency 0.02]
           [--seed 7 --slowdown 0.05 --internal-error 0 --drop-before 0 --drop-after 0.01
            --operations PutObject,UploadPart] [--deny-keys REGEX --deny-operations CopyObject,GetObject]
+          [--limit-scale 0.01 --limit-burst 0.5 --prefix-depth 1 | --prefix-regex REGEX]
 
   prints its URL on stdout and serves until killed. :class:`ProxyProcess` starts one on a free port
   and has the same ``counts()/reset_counts()/fault_counts()/configure()/window()`` API, backed by the
   proxy's own endpoints, which are never forwarded nor counted:
   ``GET /__proxy__/counts`` (JSON), ``POST /__proxy__/reset``, ``POST /__proxy__/config`` (JSON body
-  ``{"latency": 0.02, "faults": {...FaultPlan fields...} | null}``), ``GET /__proxy__/health``.
+  ``{"latency": 0.02, "faults": {...FaultPlan fields...} | null, "limits": {...LimitPlan fields...} | null,
+  "blackout": seconds, "blackout_prefix": "bucket/prefix" | null}``), ``GET /__proxy__/health``.
 
 Example::
 
@@ -85,6 +96,7 @@ __all__ = [
     "OBJECT_WRITES",
     "CountWindow",
     "FaultPlan",
+    "LimitPlan",
     "ProxyProcess",
     "S3Proxy",
     "s3_operation",
@@ -370,6 +382,92 @@ class FaultPlan:
         return cls(**data)
 
 
+# --------------------------------------------------------------------------------------------------
+# Per-prefix request limits
+# --------------------------------------------------------------------------------------------------
+
+#: S3's per-prefix request rates: "at least 3,500 PUT/COPY/POST/DELETE or 5,500 GET/HEAD requests per
+#: second per partitioned Amazon S3 prefix", 503 Slow Down above while the prefix scales
+#: (https://docs.aws.amazon.com/AmazonS3/latest/userguide/optimizing-performance.html).
+S3_WRITES_PER_SECOND = 3500
+S3_READS_PER_SECOND = 5500
+LIMIT_CLASSES = ("read", "write")
+
+
+def request_class(method: str) -> str:
+    """``read`` (GET, HEAD) or ``write`` (PUT - a copy is a PUT -, POST, DELETE, anything else)."""
+    return "read" if method.upper() in ("GET", "HEAD") else "write"
+
+
+@dataclass
+class LimitPlan:
+    """S3's per-prefix limits, scaled: a token bucket per (bucket, prefix, class).
+
+    ``scale`` multiplies S3's 3,500 writes / 5,500 reads per second (``scale=0.01``: 35 and 55/s).
+    ``burst`` is the bucket's depth in seconds of its rate (at least one token). A key's prefix is its
+    first ``prefix_depth`` folders (depth 1: ``logs/2024/x.json`` -> ``logs/``; a key at the bucket's
+    root -> ``""``), or, with ``prefix_regex``, the text ``re.match(prefix_regex, key)`` matches (none:
+    ``""``). Bucket-level requests (listings) map their ``prefix`` query parameter the same way.
+    """
+
+    scale: float = 1.0
+    burst: float = 0.5
+    prefix_depth: int = 1
+    prefix_regex: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale <= 0 or self.burst <= 0 or self.prefix_depth < 0:
+            raise ValueError("LimitPlan needs scale > 0, burst > 0, prefix_depth >= 0")
+        if self.prefix_regex is not None:
+            try:
+                re.compile(self.prefix_regex)
+            except re.error as exc:
+                raise ValueError(f"prefix_regex is not a regular expression: {exc}") from None
+
+    def rate(self, cls: str) -> float:
+        """Requests per second allowed per prefix for ``cls`` (``read`` or ``write``)."""
+        return (S3_READS_PER_SECOND if cls == "read" else S3_WRITES_PER_SECOND) * self.scale
+
+    def prefix(self, key: str) -> str:
+        """The partitioned prefix ``key`` counts against (pure)."""
+        if self.prefix_regex is not None:
+            found = re.match(self.prefix_regex, key)
+            return found.group(0) if found else ""
+        parts = key.split("/")
+        if len(parts) <= self.prefix_depth:  # the key itself is not under a prefix that deep
+            return "/".join(parts[:-1]) + "/" if len(parts) > 1 else ""
+        return "/".join(parts[: self.prefix_depth]) + "/" if self.prefix_depth else ""
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> LimitPlan | None:
+        return None if data is None else cls(**data)
+
+
+class TokenBuckets:
+    """Token buckets by name, refilled from a monotonic clock (pure apart from the clock; not locked)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._buckets: dict = {}  # name -> [tokens, last refill]
+
+    def take(self, name: Any, rate: float, depth: float) -> bool:
+        """Take one token from ``name`` (rate tokens/s, at most ``depth``); False when it is empty."""
+        now = self.clock()
+        found = self._buckets.get(name)
+        if found is None:
+            found = self._buckets[name] = [depth, now]
+        tokens = min(depth, found[0] + (now - found[1]) * rate)
+        found[1] = now
+        if tokens >= 1.0:
+            found[0] = tokens - 1.0
+            return True
+        found[0] = tokens
+        return False
+
+
 _ERROR_TEXT = {
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "internal_error": (500, "Internal Server Error", "InternalError",
@@ -426,10 +524,17 @@ def _xml_escape(text: str) -> str:
 
 
 class _State:
-    def __init__(self, latency: float, faults: FaultPlan | None) -> None:
+    def __init__(self, latency: float, faults: FaultPlan | None, limits: LimitPlan | None = None) -> None:
         self.lock = threading.Lock()
         self.latency = latency
         self.faults = faults
+        self.limits = limits
+        self.buckets = TokenBuckets()
+        self.blackout_until: float | None = 0.0
+        self.blackout_seconds = 0.0
+        self.blackout_prefix: str | None = None
+        self.limit_counts: dict = {}  # (class, "allowed" | "throttled") -> n
+        self.per_second: dict = {}  # int(time.time()) -> [reads, writes, throttled]
         self.rng = random.Random(faults.seed if faults else 0)
         self.counts: dict = {}
         self.fault_counts: dict = {}
@@ -437,7 +542,8 @@ class _State:
         self.eligible = 0
         self.request_ids = 0
 
-    def configure(self, latency: float | None = None, faults: Any = ...) -> None:
+    def configure(self, latency: float | None = None, faults: Any = ..., limits: Any = ...,
+                  blackout: float | None = None, blackout_prefix: str | None = None) -> None:
         with self.lock:
             if latency is not None:
                 self.latency = float(latency)
@@ -445,6 +551,49 @@ class _State:
                 self.faults = faults
                 self.rng = random.Random(faults.seed if faults else 0)
                 self.eligible = 0
+            if limits is not ...:
+                self.limits = limits
+                self.buckets = TokenBuckets()
+            if blackout is not None:
+                self.blackout_seconds = float(blackout)
+                self.blackout_prefix = blackout_prefix
+                # with a prefix, the stretch starts at the first request on it
+                self.blackout_until = None if blackout_prefix else time.monotonic() + self.blackout_seconds
+
+    def throttle(self, method: str, bucket: str, key: str | None, list_prefix: str | None) -> bool:
+        """Count an S3 request per second and class; True when it is over its prefix's limit (or in a
+        blackout) and must be answered 503 SlowDown."""
+        cls = request_class(method)
+        with self.lock:
+            second = int(time.time())
+            row = self.per_second.get(second)
+            if row is None:
+                row = self.per_second[second] = [0, 0, 0]
+                for old in [s for s in self.per_second if s < second - 3600]:
+                    del self.per_second[old]
+            row[0 if cls == "read" else 1] += 1
+            plan = self.limits
+            now = time.monotonic()
+            if self.blackout_prefix is None:
+                throttled = self.blackout_until is not None and now < self.blackout_until
+            else:
+                throttled = key is not None and f"{bucket}/{key}".startswith(self.blackout_prefix)
+                if throttled and self.blackout_until is None:
+                    self.blackout_until = now + self.blackout_seconds
+                throttled = throttled and now < (self.blackout_until or 0.0)
+            if not throttled and plan is not None:
+                prefix = plan.prefix(key if key is not None else (list_prefix or ""))
+                rate = plan.rate(cls)
+                throttled = not self.buckets.take((bucket, prefix, cls), rate, max(1.0, rate * plan.burst))
+            if throttled:
+                row[2] += 1
+            outcome = (cls, "throttled" if throttled else "allowed")
+            self.limit_counts[outcome] = self.limit_counts.get(outcome, 0) + 1
+            return throttled
+
+    def count(self, operation: str) -> None:
+        with self.lock:
+            self.counts[operation] = self.counts.get(operation, 0) + 1
 
     def record(self, operation: str, key: str | None = None) -> str | None:
         """Count a request and decide its fault (``key``: the object key, if it names one)."""
@@ -477,6 +626,8 @@ class _State:
             self.counts = {}
             self.fault_counts = {}
             self.fault_log = []
+            self.limit_counts = {}
+            self.per_second = {}
 
     def snapshot(self) -> dict:
         with self.lock:
@@ -485,6 +636,8 @@ class _State:
                 "faults": [[k, op, n] for (k, op), n in sorted(self.fault_counts.items())],
                 "fault_log": [list(e) for e in self.fault_log],
                 "latency": self.latency,
+                "limits": [[c, o, n] for (c, o), n in sorted(self.limit_counts.items())],
+                "per_second": [[t, *row] for t, row in sorted(self.per_second.items())],
             }
 
 
@@ -678,6 +831,10 @@ class _Handler(BaseHTTPRequestHandler):
             kwargs: dict = {"latency": conf.get("latency")}
             if "faults" in conf:
                 kwargs["faults"] = FaultPlan.from_json(conf["faults"])
+            if "limits" in conf:
+                kwargs["limits"] = LimitPlan.from_json(conf["limits"])
+            kwargs["blackout"] = conf.get("blackout")
+            kwargs["blackout_prefix"] = conf.get("blackout_prefix")
             state.configure(**kwargs)
             out = {"ok": True}
         else:
@@ -711,10 +868,17 @@ class _Handler(BaseHTTPRequestHandler):
             protocol = "query"
 
         key = None
+        throttled = False
         if protocol == "s3":
             bucket, _, raw_key = path.lstrip("/").partition("/")
             key = urllib.parse.unquote(raw_key) if bucket and raw_key else None
-        fault = state.record(operation, key)
+            if bucket and bucket != "moto-api":
+                throttled = state.throttle(self.command, bucket, key, (query.get("prefix") or [None])[0])
+        if throttled:
+            state.count(operation)
+            fault: str | None = "slowdown"
+        else:
+            fault = state.record(operation, key)
         if state.latency > 0:
             time.sleep(state.latency)
 
@@ -865,6 +1029,18 @@ class _CountsAPI:
     def counts(self) -> dict:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _snapshot(self) -> dict:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def limit_counts(self) -> dict:
+        """``{(class, "allowed" | "throttled"): n}`` for the S3 requests since the last reset."""
+        return {(c, o): n for c, o, n in self._snapshot()["limits"]}
+
+    def per_second(self) -> list:
+        """``[(unix second, reads, writes, throttled), ...]``: S3 requests arriving in each second (all of
+        them, throttled or not; the last hour), oldest first."""
+        return [tuple(row) for row in self._snapshot()["per_second"]]
+
     @contextmanager
     def window(self) -> Iterator[CountWindow]:
         """``with proxy.window() as w: ...`` -> ``w.counts``: requests by operation in the block.
@@ -891,6 +1067,7 @@ class S3Proxy(_CountsAPI):
         *,
         latency: float = 0.0,
         faults: FaultPlan | None = None,
+        limits: LimitPlan | None = None,
         port: int | None = None,
         host: str = "127.0.0.1",
     ) -> None:
@@ -898,7 +1075,7 @@ class S3Proxy(_CountsAPI):
         self.host = host
         self.port = port or 0
         self.url = ""
-        self._state = _State(latency, faults)
+        self._state = _State(latency, faults, limits)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -946,13 +1123,20 @@ class S3Proxy(_CountsAPI):
     def latency(self) -> float:
         return self._state.latency
 
-    def configure(self, *, latency: float | None = None, faults: Any = ...) -> None:
-        """Change the latency and/or install a fault plan (``None``: no faults) while running."""
-        self._state.configure(latency, faults)
+    def configure(self, *, latency: float | None = None, faults: Any = ..., limits: Any = ...,
+                  blackout: float | None = None, blackout_prefix: str | None = None) -> None:
+        """While running: change the latency, install a fault plan or a limit plan (``None``: none), or
+        answer every S3 request 503 SlowDown for the next ``blackout`` seconds - with ``blackout_prefix``
+        (``"bucket/key prefix"``), only object requests under it, for ``blackout`` seconds from the first
+        such request."""
+        self._state.configure(latency, faults, limits, blackout, blackout_prefix)
 
     def counts(self) -> dict:
         with self._state.lock:
             return dict(self._state.counts)
+
+    def _snapshot(self) -> dict:
+        return self._state.snapshot()
 
     def reset_counts(self) -> None:
         """Clear request counts, fault counts and the fault log (the fault random sequence goes on)."""
@@ -980,12 +1164,14 @@ class ProxyProcess(LoopbackProcess, _CountsAPI):
         *,
         latency: float = 0.0,
         faults: FaultPlan | None = None,
+        limits: LimitPlan | None = None,
         port: int | None = None,
         log_path: str | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.latency = latency
         self.faults = faults
+        self.limits = limits
         self.port = port or free_port()
         super().__init__(f"http://127.0.0.1:{self.port}", log_path)
 
@@ -1005,6 +1191,11 @@ class ProxyProcess(LoopbackProcess, _CountsAPI):
                 cmd += ["--deny-keys", plan["deny_keys"]]
             if plan["deny_operations"] is not None:
                 cmd += ["--deny-operations", ",".join(plan["deny_operations"])]
+        if self.limits is not None:
+            cmd += ["--limit-scale", str(self.limits.scale), "--limit-burst", str(self.limits.burst),
+                    "--prefix-depth", str(self.limits.prefix_depth)]
+            if self.limits.prefix_regex is not None:
+                cmd += ["--prefix-regex", self.limits.prefix_regex]
         return cmd
 
     def start(self) -> str:
@@ -1022,17 +1213,24 @@ class ProxyProcess(LoopbackProcess, _CountsAPI):
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
-    def configure(self, *, latency: float | None = None, faults: Any = ...) -> None:
-        payload: dict = {"latency": latency}
+    def configure(self, *, latency: float | None = None, faults: Any = ..., limits: Any = ...,
+                  blackout: float | None = None, blackout_prefix: str | None = None) -> None:
+        payload: dict = {"latency": latency, "blackout": blackout, "blackout_prefix": blackout_prefix}
         if faults is not ...:
             payload["faults"] = faults.to_json() if faults is not None else None
             self.faults = faults
+        if limits is not ...:
+            payload["limits"] = limits.to_json() if limits is not None else None
+            self.limits = limits
         if latency is not None:
             self.latency = latency
         self._call("POST", "config", payload)
 
     def counts(self) -> dict:
         return self._call("GET", "counts")["counts"]
+
+    def _snapshot(self) -> dict:
+        return self._call("GET", "counts")
 
     def reset_counts(self) -> None:
         self._call("POST", "reset", {})
@@ -1076,6 +1274,13 @@ def main(argv: list | None = None) -> None:
                         help="answer 403 AccessDenied to requests on object keys matching REGEX")
     parser.add_argument("--deny-operations", default=None,
                         help="comma-separated operations --deny-keys applies to (default: all)")
+    parser.add_argument("--limit-scale", type=float, default=None, metavar="F",
+                        help="emulate S3's per-prefix limits: F x (3,500 writes, 5,500 reads) per second")
+    parser.add_argument("--limit-burst", type=float, default=0.5, metavar="SECONDS",
+                        help="token bucket depth in seconds of its rate (default 0.5)")
+    parser.add_argument("--prefix-depth", type=int, default=1, help="path segments in a prefix (default 1)")
+    parser.add_argument("--prefix-regex", default=None, metavar="REGEX",
+                        help="a key's prefix is the text REGEX matches at its start (instead of --prefix-depth)")
     args = parser.parse_args(argv)
 
     def names(text: str | None) -> frozenset | None:
@@ -1086,7 +1291,15 @@ def main(argv: list | None = None) -> None:
         faults = FaultPlan(seed=args.seed, operations=names(args.operations), deny_keys=args.deny_keys,
                            deny_operations=names(args.deny_operations),
                            **{k: getattr(args, k) for k in FAULT_KINDS})
-    proxy = S3Proxy(args.upstream, latency=args.latency, faults=faults, port=args.port, host=args.host)
+    limits = None
+    if args.limit_scale is not None:
+        try:
+            limits = LimitPlan(scale=args.limit_scale, burst=args.limit_burst, prefix_depth=args.prefix_depth,
+                               prefix_regex=args.prefix_regex)
+        except ValueError as exc:
+            parser.error(str(exc))
+    proxy = S3Proxy(args.upstream, latency=args.latency, faults=faults, limits=limits, port=args.port,
+                    host=args.host)
     _raise_open_files_limit()
     proxy._bind()
     print(proxy.url, flush=True)

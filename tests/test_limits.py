@@ -1,0 +1,183 @@
+"""The object jobs at S3's per-prefix request limits, emulated by the session proxy (``LimitPlan``):
+every candidate done exactly once with 0 FAILED while most of the time is spent throttled, a stretch of
+100% 503 SlowDown waited out, the run-wide ``--max-requests-per-second`` cap held, progress lines shown.
+
+The limits are scaled down (``scale=0.004``: 14 writes and 22 reads per second per prefix), far below what
+the jobs do unthrottled (dozens of objects in flight per task), so the runs live at the limit; the objects
+are seeded and checked straight in moto (past the proxy), with the limits off.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import boto3
+import pytest
+from botocore.config import Config
+from s3lake import anonymize as anon
+from s3lake import copy_in_place as cip
+from s3lake.testbed.proxy import LimitPlan
+from s3lake.testbed.seed import make_bucket, make_kms_key
+
+from jobs import anonymize as anon_job
+from jobs import copy_in_place as cip_job
+from tests.test_faults import (
+    BLANK_RULES,
+    anon_objects,
+    copied_once,
+    inventory_for,
+    pmap,
+    read_plain,
+    results_by_key,
+    seed_copy_bucket,
+    states,
+    version_counts,
+)
+
+LIMITS = LimitPlan(scale=0.004)  # 14 writes/s, 22 reads/s per prefix
+
+
+@pytest.fixture(scope="module")
+def direct(moto_server):
+    """An S3 client on moto itself (past the proxy and its limits)."""
+    return boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1",
+                        config=Config(max_pool_connections=16, retries={"mode": "standard", "total_max_attempts": 3}))
+
+
+@pytest.fixture
+def proxy(s3_proxy):
+    s3_proxy.configure(faults=None, limits=None, latency=0.0)
+    s3_proxy.reset()
+    yield s3_proxy
+    s3_proxy.configure(faults=None, limits=None, latency=0.0)
+
+
+@contextmanager
+def limited(proxy, plan: LimitPlan | None) -> Iterator[None]:
+    proxy.reset()
+    proxy.configure(limits=plan)
+    try:
+        yield
+    finally:
+        proxy.configure(limits=None)
+
+
+def throttled_share(proxy) -> float:
+    counts = proxy.limit_counts()
+    throttled = sum(n for (_, outcome), n in counts.items() if outcome == "throttled")
+    return throttled / max(1, sum(counts.values()))
+
+
+def test_copy_in_place_at_the_prefix_limit_copies_every_candidate_once_and_shows_progress(
+        spark, proxy, direct, unique, tmp_path, capsys):
+    bucket = make_bucket(f"lim-cip-{unique}", versioned=True)
+    keys = seed_copy_bucket(direct, bucket, 200, make_kms_key())
+    manifest = inventory_for(direct, bucket, keys)
+    before = states(direct, bucket, keys)
+
+    with limited(proxy, LIMITS):
+        code = cip_job.main(["--inventory-manifest", manifest, "--results", str(tmp_path / "r"),
+                             "--run-id", "limited", "--progress-interval", "2"])
+        share = throttled_share(proxy)
+
+    err = capsys.readouterr().err
+    assert code == 0, err
+    got = results_by_key(spark, tmp_path / "r", "limited")
+    assert {k: r.status for k, r in got.items()} == {k: cip.COPIED for k in keys}
+    versions, after = version_counts(direct, bucket), states(direct, bucket, keys)
+    for key in keys:
+        assert versions[key] == before[key]["versions"] + 1, key
+        assert copied_once(before[key], after[key], "limited") == before[key], key
+    assert share > 0.0, proxy.limit_counts()  # the run did live at the limit
+    progress = [line for line in err.splitlines() if "progress: " in line]
+    assert progress and "/200 objects" in progress[0], err
+
+
+def test_anonymize_at_the_prefix_limit_rewrites_every_object_once(spark, proxy, direct, unique, tmp_path,
+                                                                  capsys):
+    bucket = make_bucket(f"lim-anon-{unique}", versioned=True)
+    owner = direct.get_bucket_acl(Bucket=bucket)["Owner"]["ID"]
+    objs = anon_objects(100, make_kms_key())
+    pmap(lambda o: direct.put_object(Bucket=bucket, GrantFullControl=f'id="{owner}"', **o["params"]), objs.values())
+    before = states(direct, bucket, objs)
+
+    with limited(proxy, LIMITS):
+        code = anon_job.main(["--source", f"s3://{bucket}/in/", "--rules", str(BLANK_RULES), "--min-age", "0s",
+                              "--results", str(tmp_path / "r"), "--run-id", "limited"])
+        share = throttled_share(proxy)
+
+    assert code == 0, capsys.readouterr().err
+    got = results_by_key(spark, tmp_path / "r", "limited")
+    expected = {k: anon.ANONYMIZED if o["changes"] else anon.TAGGED for k, o in objs.items()}
+    assert {k: r.status for k, r in got.items()} == expected
+    versions = version_counts(direct, bucket)
+    after = states(direct, bucket, objs)
+    for key, obj in objs.items():
+        was, now = before[key], dict(after[key])
+        assert read_plain(direct, bucket, key) == obj["expected"], key
+        assert now.pop("tags") == sorted(set(was["tags"]) | {("PROCESSED", "true")}), key
+        if obj["changes"]:
+            assert versions[key] == was["versions"] + 1, key  # rewritten exactly once
+            assert now.pop("metadata") == {**was["metadata"], anon.MARKER: "limited"}, key
+            for name in ("sha256", "size", "versions"):
+                now.pop(name)
+            assert now == {k: v for k, v in was.items() if k not in ("tags", "metadata", "sha256", "size", "versions")}
+        else:
+            assert versions[key] == was["versions"], key
+            assert now == {k: v for k, v in was.items() if k != "tags"}, key
+    assert share > 0.0
+
+
+def test_a_stretch_of_100_percent_slowdown_mid_run_is_waited_out(spark, proxy, direct, unique, tmp_path,
+                                                                  capsys):
+    bucket = make_bucket(f"lim-out-{unique}", versioned=True)
+    keys = seed_copy_bucket(direct, bucket, 40, make_kms_key())
+    manifest = inventory_for(direct, bucket, keys)
+    stretch = 20.0
+
+    with limited(proxy, None):
+        # every object request answered 503 SlowDown for 20 s from the first one (the tasks' first HEAD)
+        proxy.configure(blackout=stretch, blackout_prefix=f"{bucket}/obj/")
+        code = cip_job.main(["--inventory-manifest", manifest, "--results", str(tmp_path / "r"),
+                             "--run-id", "outage", "--concurrency", "8"])
+        throttled = proxy.limit_counts().get(("read", "throttled"), 0)
+        per_second = proxy.per_second()
+
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    got = results_by_key(spark, tmp_path / "r", "outage")
+    assert {k: r.status for k, r in got.items()} == {k: cip.COPIED for k in keys}
+    versions = version_counts(direct, bucket)
+    assert all(versions[k] == 2 for k in keys)
+    throttled_seconds = [t for t, _, _, n in per_second if n]
+    assert throttled > 0 and max(throttled_seconds) - min(throttled_seconds) >= stretch * 0.8  # waited it out
+    assert "throttled" in out  # the summary says how much
+
+
+def test_the_run_wide_cap_holds_at_the_proxy(spark, proxy, direct, unique, tmp_path):
+    bucket = make_bucket(f"lim-cap-{unique}", versioned=True)
+    keys = seed_copy_bucket(direct, bucket, 80, make_kms_key())
+    manifest = inventory_for(direct, bucket, keys)
+    cap = 20
+
+    with limited(proxy, None):
+        code = cip_job.main(["--inventory-manifest", manifest, "--results", str(tmp_path / "r"),
+                             "--run-id", "capped", "--max-requests-per-second", str(cap)])
+        rows = proxy.per_second()
+
+    assert code == 0
+    object_seconds = [reads + writes for _, reads, writes, _ in rows[1:-1]]  # whole seconds only
+    assert len(object_seconds) >= 8  # 240 requests at 20/s
+    assert max(object_seconds) <= cap * 1.1 + 3, rows  # +3: the driver's bucket lookups, not capped
+    got = results_by_key(spark, tmp_path / "r", "capped")
+    assert {r.status for r in got.values()} == {cip.COPIED}
+
+
+@pytest.mark.parametrize("flag, value", [("--object-deadline", "soon"), ("--object-deadline", "0"),
+                                         ("--max-requests-per-second", "0"), ("--progress-interval", "-1")])
+def test_bad_pacing_options_are_refused_with_exit_2(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cip_job.parse_args(["--inventory-manifest", "s3://b/m.json", "--results", str(tmp_path), flag, value])
+    assert exit_.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()[-1]) < 200
