@@ -102,6 +102,44 @@ def test_a_client_checksum_is_kept_and_typed_and_a_copy_keeps_the_source_algorit
         assert checksum_fields(head) == {"ChecksumCRC32C": c32c, "ChecksumType": "FULL_OBJECT"}
 
 
+def test_multipart_uploads_with_an_algorithm_check_and_return_part_checksums_only_in_strict_mode(servers, unique):
+    data = os.urandom(5 * MIB)
+
+    def scenario(s3, mode):
+        bucket = f"crc-parts-{mode}-{unique}"
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key="src", Body=data)
+        upload = s3.create_multipart_upload(Bucket=bucket, Key="dst", ChecksumAlgorithm="CRC32C")["UploadId"]
+        wrong = outcome(lambda: s3.upload_part(Bucket=bucket, Key="dst", UploadId=upload, PartNumber=2, Body=b"x",
+                                               ChecksumAlgorithm="CRC32"))
+        copied = s3.upload_part_copy(Bucket=bucket, Key="dst", UploadId=upload, PartNumber=1,
+                                     CopySource={"Bucket": bucket, "Key": "src"})["CopyPartResult"]
+        part = {"PartNumber": 1, "ETag": copied["ETag"]}
+        unlisted = outcome(lambda: s3.complete_multipart_upload(Bucket=bucket, Key="dst", UploadId=upload,
+                                                                MultipartUpload={"Parts": [part]}))
+        return wrong, checksum_fields(copied), unlisted
+
+    seen = each_server(servers, scenario)
+    crc32c = base64.b64encode(checksums.crc32c(data).to_bytes(4, "big")).decode()
+    assert seen["plain"] == ("ok", {}, "ok")
+    assert seen["strict"] == ((400, "InvalidRequest"), {"ChecksumCRC32C": crc32c}, (400, "InvalidRequest"))
+
+
+def test_a_client_checksum_that_does_not_match_the_bytes_is_bad_digest_only_in_strict_mode(servers, unique):
+    def scenario(s3, mode):
+        bucket = f"crc-bad-{mode}-{unique}"
+        s3.create_bucket(Bucket=bucket)
+        upload = s3.create_multipart_upload(Bucket=bucket, Key="m", ChecksumAlgorithm="SHA256")["UploadId"]
+        return [outcome(lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"bytes", ChecksumCRC32="AAAAAA==")),
+                outcome(lambda: s3.upload_part(Bucket=bucket, Key="m", UploadId=upload, PartNumber=1, Body=b"p",
+                                               ChecksumSHA256=base64.b64encode(b"0" * 32).decode())),
+                outcome(lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"bytes", ChecksumAlgorithm="CRC32C"))]
+
+    seen = each_server(servers, scenario)
+    assert seen["plain"] == ["ok"] * 3
+    assert seen["strict"] == [(400, "BadDigest"), (400, "BadDigest"), "ok"]
+
+
 def test_seeded_fixtures_are_written_without_a_client_checksum_so_they_carry_crc64nvme(moto_server, s3, unique):
     bucket = seed.make_bucket(f"crc-seed-{unique}")
     seed.writer().put_object(Bucket=bucket, Key="k", Body=b"seeded")

@@ -4,7 +4,8 @@
 s3lake.testbed.moto_server --strict``, the default of :class:`~s3lake.testbed.MotoServer`). Each
 behaviour is one function below, citing the S3 page it emulates:
 
-1. default CRC64NVME full-object checksum on every object written without a client checksum;
+1. default CRC64NVME full-object checksum on every object written without a client checksum; part
+   checksums of multipart uploads created with an algorithm;
 3. SSE-C objects refuse HEAD, GET and CopyObject without their customer key;
 4. CopyObject onto itself that changes nothing is 400 InvalidRequest;
 5. ACL writes on a BucketOwnerEnforced bucket are 400 AccessControlListNotSupported;
@@ -248,6 +249,101 @@ def checksum_answers(req: Request, status: int, headers: dict, body: Any) -> tup
     return headers, body
 
 
+# Multipart uploads created with a checksum algorithm
+# (https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity.html#large-object-checksums,
+# https://docs.aws.amazon.com/AmazonS3/latest/API/API_UploadPartCopy.html,
+# https://docs.aws.amazon.com/AmazonS3/latest/API/API_CompleteMultipartUpload.html): UploadPartCopy returns
+# the part's checksum in CopyPartResult; a part sent with another algorithm is 400; a COMPOSITE upload's
+# Complete must list every part's checksum (400 InvalidRequest otherwise). moto checks none of this.
+
+CHECKSUM_HEADERS = ("x-amz-checksum-type", "x-amz-checksum-algorithm", "x-amz-checksum-mode")
+
+
+def upload_checksum(req: Request) -> tuple[Any, str | None, str | None]:
+    """(the upload named by ``uploadId``, its algorithm, its checksum type)."""
+    upload_id = req.query.get("uploadId", [None])[0]
+    try:
+        multipart = req.bucket().multiparts.get(upload_id) if upload_id else None
+    except Exception:  # noqa: BLE001
+        multipart = None
+    if multipart is None:
+        return None, None, None
+    algorithm = (multipart.metadata.get("x-amz-checksum-algorithm") or "").upper() or None
+    kind = multipart.metadata.get("x-amz-checksum-type") or (
+        "FULL_OBJECT" if algorithm == DEFAULT_ALGORITHM else "COMPOSITE")
+    return multipart, algorithm, kind if algorithm else None
+
+
+def _part_algorithm(req: Request) -> str | None:
+    names = [h.lower() for h in req.headers.keys()]
+    trailer = (req.header("x-amz-trailer") or "").lower()
+    for name in names + [trailer]:
+        if name.startswith("x-amz-checksum-") and name not in CHECKSUM_HEADERS:
+            return name[len("x-amz-checksum-"):].upper()
+    sdk = req.header("x-amz-sdk-checksum-algorithm")
+    return sdk.upper() if sdk else None
+
+
+def check_part_checksums(req: Request) -> None:
+    op = req.operation
+    if op not in ("UploadPart", "CompleteMultipartUpload"):
+        return
+    _, algorithm, kind = upload_checksum(req)
+    if not algorithm:
+        return
+    if op == "UploadPart":
+        given = _part_algorithm(req)
+        if (given and given != algorithm) or (given is None and kind == "COMPOSITE"):
+            raise S3Error(400, "InvalidRequest", f"Checksum Type mismatch occurred, expected checksum Type: "
+                                                 f"{algorithm.lower()}, actual checksum Type: "
+                                                 f"{given.lower() if given else 'null'}")
+        return
+    if kind != "COMPOSITE":
+        return
+    body = req.moto.body
+    text = body.decode(errors="replace") if isinstance(body, bytes) else (body or "")
+    for part in re.findall(r"<Part>(.*?)</Part>", text, flags=re.S):
+        number = re.search(r"<PartNumber>\s*(\d+)\s*</PartNumber>", part)
+        if f"<Checksum{algorithm}>" not in part:
+            raise S3Error(400, "InvalidRequest", f"The upload was created using a {algorithm.lower()} checksum. "
+                                                 f"The complete request must include the checksum for each part. "
+                                                 f"It was missing for part {number.group(1) if number else '?'} "
+                                                 f"in the request.")
+
+
+def check_client_checksum(req: Request) -> None:
+    """A checksum the client sent with PutObject / UploadPart must match the bytes: 400 BadDigest otherwise
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity-upload.html); moto
+    stores whatever value it is given."""
+    if req.operation not in ("PutObject", "UploadPart"):
+        return
+    algorithm = _part_algorithm(req)
+    if not algorithm or algorithm not in ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"):
+        return
+    value = req.header(f"x-amz-checksum-{algorithm.lower()}")
+    if not value:
+        raw = req.moto.raw_body if isinstance(req.moto.raw_body, bytes) else b""
+        found = re.search(rb"x-amz-checksum-" + algorithm.lower().encode() + rb":\s*([A-Za-z0-9+/=]+)", raw)
+        value = found.group(1).decode() if found else None
+    if value and compute_checksum(bytes(req.moto.body or b""), algorithm).decode() != value:
+        raise S3Error(400, "BadDigest", f"The {algorithm} you specified did not match the calculated checksum.")
+
+
+def part_copy_checksum(req: Request, status: int, headers: dict, body: Any) -> Any:
+    """UploadPartCopy's CopyPartResult carries the part's checksum when the upload has an algorithm."""
+    if status != 200 or req.operation != "UploadPartCopy":
+        return body
+    multipart, algorithm, _ = upload_checksum(req)
+    part = multipart.parts.get(int(req.query.get("partNumber", ["0"])[0])) if multipart else None
+    if not algorithm or part is None:
+        return body
+    value = compute_checksum(_value(part), algorithm).decode()
+    body = _insert_xml(body, "</CopyPartResult>", f"<Checksum{algorithm}>{value}</Checksum{algorithm}>")
+    for k in [k for k in headers if k.lower() == "content-length"]:
+        headers[k] = str(len(body.encode() if isinstance(body, str) else body))
+    return body
+
+
 # --- 3. SSE-C -------------------------------------------------------------------------------------
 # https://docs.aws.amazon.com/AmazonS3/latest/userguide/ServerSideEncryptionCustomerKeys.html and
 # https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html, API_GetObject.html,
@@ -488,6 +584,7 @@ def check_retain_until(req: Request) -> None:
 
 CHECKS: tuple[Callable[[Request], None], ...] = (
     check_sse_c, check_copy_conditions, check_self_copy, check_acl_disabled, check_retain_until,
+    check_part_checksums, check_client_checksum,
 )
 
 
@@ -518,6 +615,7 @@ def install() -> None:
             headers = dict(headers)
             record_sse_c(req, status, headers, body)
             headers, body = checksum_answers(req, status, headers, body)
+            body = part_copy_checksum(req, status, headers, body)
             return status, headers, body
 
         responses.S3Response._key_response = strict_key_response
