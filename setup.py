@@ -3,6 +3,8 @@ from setuptools import find_packages, setup
 
 RUNTIME = [
     "boto3>=1.34",
+    # The AWS CRT: botocore computes CRC64NVME (S3's default checksum) and CRC32C only with it.
+    "botocore[crt]>=1.34",
     "pyarrow>=14",
     "pandas>=1.5",  # pyspark needs it for mapInArrow/Arrow UDFs
 ]

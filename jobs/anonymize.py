@@ -4,7 +4,7 @@
         (--inventory-table DB.TABLE [--inventory-date DT] | --inventory-manifest S3_URL | --source S3_URL) \\
         --rules PATH_OR_S3_URL --results PATH [--hmac-key-param NAME] [--min-age 300s] \\
         [--processed-tag PROCESSED=true] [--dry-run] [--run-id ID] [--concurrency N] [--partitions N] \\
-        [--part-size BYTES] [--purge-noncurrent] [--max-failures N]
+        [--part-size BYTES] [--purge-noncurrent] [--max-failures N] [--request-payer requester]
 
 Each object is replaced atomically under its own key (conditional on the ETag read, every attribute,
 ACL grant and tag kept, plus the processed tag), or only tagged when no line changed. The HMAC key
@@ -21,7 +21,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Sequence
 
-from s3lake import anonymize, cli, inventory, results, rules
+from s3lake import anonymize, aws, cli, inventory, results, rules
 from s3lake.spark import get_session
 
 log = logging.getLogger("s3lake.anonymize")
@@ -50,6 +50,8 @@ def parse_args(argv: Sequence[str] | None):
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    aws.require_crt()
+    aws.use_request_payer(args.request_payer)
     # Everything that can be wrong with the input fails here, before any object is read.
     ruleset = rules.load(args.rules).with_key(rules.hmac_key(args.hmac_key_param, os.environ))
     processed_tag = anonymize.parse_tag(args.processed_tag)
@@ -73,6 +75,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         purge_noncurrent=args.purge_noncurrent,
         concurrency=args.concurrency,
         part_size=args.part_size,
+        request_payer=args.request_payer,
     )
     log.info("run %s over %s with %d rules", run_id, source_id, len(ruleset.rules))
     summary, _ = anonymize.run(spark, candidates, settings, args.results, args.partitions, bucket_counts)

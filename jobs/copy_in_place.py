@@ -4,13 +4,14 @@
         (--inventory-table DB.TABLE [--inventory-date DT] | --inventory-manifest S3_URL) \\
         --results PATH [--statuses none,FAILED] [--dry-run] [--run-id ID] [--no-copy-acls] \\
         [--acl-from-inventory] [--concurrency N] [--partitions N] [--multipart-threshold BYTES] \\
-        [--max-failures N]
+        [--max-failures N] [--request-payer requester]
 
 Reads the bucket's S3 Inventory, picks the latest versions whose replication status is one of
 ``--statuses`` and copies each onto itself keeping ACL, SSE (exact KMS key), storage class, tags, user
 metadata and system headers, so replication picks it up. Writes one result row per candidate under
 ``--results`` (Parquet, partition ``run_id=...``) and prints a summary. Exit status: 0, 1 when FAILED
-objects exceed ``--max-failures``, 2 for bad input (nothing touched).
+objects exceed ``--max-failures``, 2 for bad input (nothing touched: also a source bucket that is
+missing, in another region or denied, and a missing AWS CRT).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import sys
 from typing import Sequence
 
-from s3lake import cli, copy_in_place, inventory, results
+from s3lake import aws, cli, copy_in_place, inventory, results
 from s3lake.spark import get_session
 
 log = logging.getLogger("s3lake.copy_in_place")
@@ -48,6 +49,8 @@ def parse_args(argv: Sequence[str] | None):
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    aws.require_crt()
+    aws.use_request_payer(args.request_payer)
     statuses = copy_in_place.parse_statuses(args.statuses)
     spark = get_session("s3lake-copy-in-place")
     delivery, frame = inventory.read(spark, args.inventory_table, args.inventory_date, args.inventory_manifest)
@@ -60,6 +63,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         acl_from_inventory=args.acl_from_inventory,
         concurrency=args.concurrency,
         multipart_threshold=args.multipart_threshold,
+        request_payer=args.request_payer,
     )
     log.info("run %s over %s (%s)", run_id, delivery.manifest_url, delivery.file_format)
     candidates = copy_in_place.select_candidates(frame, statuses)

@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 from chispa import assert_df_equality
 from s3lake import anonymize as anon
-from s3lake import aws, objects, results, rules
-from s3lake.objects import bucket_info
+from s3lake import aws, results, rules
+from s3lake.acl_grants import Acl
+from s3lake.at_most_once import once_client
+from s3lake.bucket_lookup import bucket_info
+from s3lake.object_attributes import ObjectState
 from s3lake.testbed.inventory import inventory_row, write_inventory
 from s3lake.testbed.proxy import FaultPlan, S3Proxy
-from s3lake.testbed.seed import count_versions, make_bucket, make_kms_key, object_state
+from s3lake.testbed.seed import count_versions, make_bucket, make_kms_key, object_state, writer
 
 from jobs import anonymize as job
 
@@ -365,7 +368,7 @@ def test_an_object_changed_between_read_and_write_is_a_conflict_and_keeps_the_ot
         if len(sent) == 1:
             aws.s3().put_object(Bucket=bucket, Key="c.json", Body=b'{"file_contents": "newer"}\n')
 
-    hook(objects.once_client(), "provide-client-params.s3.PutObject", overwrite_first)
+    hook(once_client(), "provide-client-params.s3.PutObject", overwrite_first)
     row = process_one(bucket, "c.json", settings("conflict"))
 
     assert (row["status"], row["error_code"]) == (anon.CONFLICT, "PreconditionFailed")
@@ -411,9 +414,9 @@ def test_a_large_object_streams_through_a_multipart_upload_keeping_every_attribu
     before = object_state(bucket, "big.json.gz")
     etags = [s3.head_object(Bucket=bucket, Key=k)["ETag"] for k in ("big.json.gz", "plain.json")]
     creates, completes = [], []
-    hook(objects.once_client(), "provide-client-params.s3.CreateMultipartUpload",
+    hook(once_client(), "provide-client-params.s3.CreateMultipartUpload",
          lambda params, **_: creates.append(params))
-    hook(objects.once_client(), "provide-client-params.s3.CompleteMultipartUpload",
+    hook(once_client(), "provide-client-params.s3.CompleteMultipartUpload",
          lambda params, **_: completes.append(dict(params)))
 
     row = process_one(bucket, "big.json.gz", settings("mp", part_size=5 * anon.MIB))
@@ -468,11 +471,11 @@ def test_a_large_object_changed_during_the_upload_is_a_conflict_and_the_upload_i
 
 
 def test_write_requests_are_conditional_and_carry_every_attribute():
-    state = objects.ObjectState.from_head("b", "k", {
+    state = ObjectState.from_head("b", "k", {
         "ETag": '"abc"', "ContentLength": 5, "ContentType": "application/json", "ContentEncoding": "gzip",
         "Metadata": {"m": "1"}, "StorageClass": "STANDARD_IA", "ServerSideEncryption": "aws:kms",
         "SSEKMSKeyId": "arn:aws:kms:us-east-1:1:key/x", "BucketKeyEnabled": True, "VersionId": "v1"})
-    acl = objects.Acl("owner", (("FULL_CONTROL", "id", "owner"), ("READ", "uri", ALL_USERS)))
+    acl = Acl("owner", (("FULL_CONTROL", "id", "owner"), ("READ", "uri", ALL_USERS)))
     tags = [{"Key": "a b", "Value": "1"}, {"Key": "PROCESSED", "Value": "true"}]
 
     put = anon.put_request(state, "r1", acl, tags, b"body")
@@ -488,3 +491,141 @@ def test_write_requests_are_conditional_and_carry_every_attribute():
                         "MultipartUpload": {"Parts": [{"PartNumber": 1, "ETag": '"p1"'}]}}
     create = anon.write_request(state, "r1", acl, tags, "CRC32")
     assert create["ChecksumAlgorithm"] == "CRC32" and "IfMatch" not in create and create["Tagging"] == put["Tagging"]
+
+
+# ------------------------------------------------------------------ S3's contract (strict mode)
+
+
+def test_an_unchanged_object_of_an_unversioned_bucket_is_tagged_only_if_it_was_not_overwritten(moto_server, unique,
+                                                                                              s3, hook):
+    bucket = make_bucket(f"anon-tagrace-{unique}")
+    clean = jl({"n": 1})
+    s3.put_object(Bucket=bucket, Key="t.json", Body=clean)
+    newer = jl({"file_contents": "written after our read"})
+
+    def overwrite(**_):
+        aws.s3(max_attempts=2).put_object(Bucket=bucket, Key="t.json", Body=newer)
+
+    hook(once_client(), "before-call.s3.CopyObject", overwrite)
+    hook(aws.s3(), "before-call.s3.PutObjectTagging", overwrite)
+    row = process_one(bucket, "t.json", settings("tagrace"))
+
+    assert row["status"] == anon.CONFLICT
+    assert read_body(bucket, "t.json") == newer
+    state = object_state(bucket, "t.json")
+    assert state["tags"] == [] and anon.MARKER not in state["metadata"]  # left for the next run to scan
+
+
+def test_an_unchanged_object_of_an_unversioned_bucket_is_tagged_keeping_every_attribute(moto_server, unique, s3):
+    bucket = make_bucket(f"anon-tagcopy-{unique}")
+    kms = make_kms_key()
+    s3.put_object(Bucket=bucket, Key="t.json", Body=jl({"n": 1}), ServerSideEncryption="aws:kms", SSEKMSKeyId=kms,
+                  Tagging="keep=me", Metadata={"m": "1"}, ContentType="application/x-ndjson",
+                  StorageClass="STANDARD_IA", GrantRead=f'uri="{ALL_USERS}"',
+                  GrantFullControl=f'id="{s3.get_bucket_acl(Bucket=bucket)["Owner"]["ID"]}"')
+    before = object_state(bucket, "t.json")
+
+    row = process_one(bucket, "t.json", settings("tagcopy"))
+
+    assert row["status"] == anon.TAGGED
+    after = object_state(bucket, "t.json")
+    # The copy re-sends BucketKeyEnabled=false (else the bucket's default would apply); moto echoes it, S3 omits it.
+    assert after.pop("bucket_key") in (None, False) and before.pop("bucket_key") is None
+    assert after == {**before, "tags": [("PROCESSED", "true"), ("keep", "me")],
+                     "metadata": {"m": "1", anon.MARKER: "tagcopy"}}
+
+
+def test_tag_copy_request_is_conditional_and_replaces_the_tags():
+    state = ObjectState.from_head("b", "k", {"ETag": '"abc"', "ContentLength": 5, "Metadata": {"m": "1"}})
+    params = anon.tag_copy_request(state, "r1", None, [{"Key": "PROCESSED", "Value": "true"}])
+
+    assert params["CopySource"] == {"Bucket": "b", "Key": "k"}
+    assert (params["CopySourceIfMatch"], params["IfMatch"]) == ('"abc"', '"abc"')
+    assert (params["TaggingDirective"], params["Tagging"]) == ("REPLACE", "PROCESSED=true")
+    assert params["MetadataDirective"] == "REPLACE" and params["Metadata"] == {"m": "1", anon.MARKER: "r1"}
+
+
+def test_a_large_crc64nvme_object_keeps_a_full_object_checksum_that_s3_verifies(moto_server, unique, s3, hook):
+    from awscrt import checksums
+
+    bucket = make_bucket(f"anon-crc-{unique}", versioned=True)
+    body, expected = big_lines()
+    writer().put_object(Bucket=bucket, Key="c.json", Body=body)  # no client checksum: S3's default CRC64NVME
+    creates, completes = [], []
+    hook(once_client(), "provide-client-params.s3.CreateMultipartUpload", lambda params, **_: creates.append(params))
+    hook(once_client(), "provide-client-params.s3.CompleteMultipartUpload",
+         lambda params, **_: completes.append(dict(params)))
+
+    row = process_one(bucket, "c.json", settings("crc", part_size=5 * anon.MIB))
+
+    assert row["status"] == anon.ANONYMIZED and read_body(bucket, "c.json") == expected
+    assert (creates[0]["ChecksumAlgorithm"], creates[0]["ChecksumType"]) == ("CRC64NVME", "FULL_OBJECT")
+    crc = base64.b64encode(checksums.crc64nvme(expected).to_bytes(8, "big")).decode()
+    assert (completes[0]["ChecksumType"], completes[0]["ChecksumCRC64NVME"]) == ("FULL_OBJECT", crc)
+
+
+def test_a_small_object_keeps_its_checksum_algorithm(moto_server, unique, s3):
+    bucket = make_bucket(f"anon-crcs-{unique}", versioned=True)
+    s3.put_object(Bucket=bucket, Key="s.json", Body=SECRET_LINES, ChecksumAlgorithm="CRC32C")
+
+    assert process_one(bucket, "s.json", settings("crcs"))["status"] == anon.ANONYMIZED
+
+    head = s3.head_object(Bucket=bucket, Key="s.json", ChecksumMode="ENABLED")
+    assert head.get("ChecksumCRC32C") and read_body(bucket, "s.json") == BLANKED_LINES
+
+
+def test_sse_c_in_the_inventory_is_skipped_without_a_request():
+    row = anon.process({"bucket": "no-such-bucket-anywhere", "key": "k", "size": 5, "encryption_status": "SSE-C"},
+                       settings("ssec"), anon.BucketInfo(acls_enabled=True, owner_id=None))
+    got = dict(zip(results.FIELDS, row))
+
+    assert (got["status"], got["requests"]) == (anon.SKIPPED_SSE_C, 0)
+
+
+def test_metadata_that_the_marker_would_push_over_2_kb_is_its_own_status(moto_server, unique, s3):
+    bucket = make_bucket(f"anon-meta-{unique}", versioned=True)
+    s3.put_object(Bucket=bucket, Key="m.json", Body=SECRET_LINES, Metadata={"big": "x" * 2030})
+    before = object_state(bucket, "m.json")
+
+    row = process_one(bucket, "m.json", settings("meta"))
+
+    assert row["status"] == anon.SKIPPED_METADATA_TOO_LARGE
+    assert object_state(bucket, "m.json") == before
+
+
+def test_sse_c_objects_are_skipped_from_the_inventory_or_from_s3s_400_never_failed(spark, moto_server, unique,
+                                                                                  tmp_path, s3):
+    bucket = make_bucket(f"anon-ssec-{unique}", versioned=True)
+    inv = make_bucket(f"anon-inv-{unique}")
+    for key in ("listed.json", "unlisted.json"):
+        s3.put_object(Bucket=bucket, Key=key, Body=SECRET_LINES, SSECustomerAlgorithm="AES256",
+                      SSECustomerKey="k" * 32)
+    rows = [{"key": "listed.json", "size": 60, "encryption_status": "SSE-C"},
+            {"key": "unlisted.json", "size": 60}]  # a report without EncryptionStatus: S3's 400 decides
+    delivery = write_inventory(inv, bucket, rows)
+
+    assert job.main(["--inventory-manifest", delivery.manifest_url, "--rules", str(BLANK_RULES), "--results",
+                     str(tmp_path / "r"), "--run-id", "c", "--min-age", "0s"]) == 0
+
+    got = results_by_key(spark, tmp_path / "r", "c")
+    assert {k: (r.status, r.requests) for k, r in got.items()} == {
+        "listed.json": (anon.SKIPPED_SSE_C, 0), "unlisted.json": (anon.SKIPPED_SSE_C, 1)}
+
+
+def test_a_past_retain_until_date_is_dropped_and_the_legal_hold_kept_on_the_rewrite(moto_server, unique, s3):
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    bucket = f"anon-lock-{unique}"
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    until = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
+    s3.put_object(Bucket=bucket, Key="l.json", Body=SECRET_LINES, ObjectLockMode="GOVERNANCE",
+                  ObjectLockRetainUntilDate=until, ObjectLockLegalHoldStatus="ON")
+    time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 1)
+
+    row = process_one(bucket, "l.json", settings("lock"))
+
+    assert row["status"] == anon.ANONYMIZED, row["error_message"]
+    after = object_state(bucket, "l.json")
+    assert (after["legal_hold"], after["object_lock_mode"], after["object_lock_retain_until"]) == ("ON", None, None)
+    assert read_body(bucket, "l.json") == BLANKED_LINES

@@ -49,3 +49,23 @@ def test_split_s3_url(url, expected):
 def test_split_s3_url_rejects_other_schemes():
     with pytest.raises(ValueError, match="not an s3:// URL"):
         aws.split_s3_url("/tmp/x")
+
+
+def test_request_payer_is_requester_or_nothing_and_gives_clients_of_its_own(moto_server):
+    from s3lake.errors import ConfigError
+
+    plain = aws.s3()
+    with pytest.raises(ConfigError, match="--request-payer must be 'requester'"):
+        aws.use_request_payer("owner")
+    aws.use_request_payer("requester")
+    try:
+        assert aws.s3() is not plain and aws.s3() is aws.s3()
+    finally:
+        aws.use_request_payer(None)
+    assert aws.s3() is plain
+
+
+def test_a_process_that_switches_credentials_gets_new_clients(monkeypatch, moto_server):
+    first = aws.s3()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "another-principal")
+    assert aws.s3() is not first

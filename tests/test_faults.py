@@ -231,7 +231,7 @@ def test_copy_in_place_under_faults_copies_every_candidate_exactly_once(spark, p
     for key in archived:
         assert after[key] == before[key]
     assert_every_kind_happened(observed, ["CopyObject"])
-    # Even a CreateMultipartUpload whose response was lost is adopted (objects.create_multipart_once), not orphaned.
+    # Even a CreateMultipartUpload whose response was lost is adopted (create_multipart_once), not orphaned.
     assert direct.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
@@ -323,7 +323,7 @@ def test_anonymize_under_faults_rewrites_each_object_at_most_once_and_never_half
 
 def test_anonymize_reads_an_object_again_when_its_download_is_cut_and_writes_it_once(proxy, direct, unique):
     from s3lake import rules
-    from s3lake.objects import bucket_info
+    from s3lake.bucket_lookup import bucket_info
 
     bucket = make_bucket(f"flt-cut-{unique}", versioned=True)
     rng = random.Random(3)
@@ -693,7 +693,8 @@ def test_the_fault_plan_faults_about_fifteen_percent_of_object_requests():
 
 
 def test_a_lost_create_multipart_upload_response_is_adopted_not_orphaned(proxy, direct, unique):
-    from s3lake.objects import Counter, create_multipart_once
+    from s3lake.at_most_once import create_multipart_once
+    from s3lake.per_object_job import Counter
 
     bucket = f"flt-mpu-{unique}"
     direct.create_bucket(Bucket=bucket)

@@ -11,20 +11,30 @@ Per candidate object (from an inventory or a ``--source`` listing):
    rules; untouched lines are copied byte for byte, changed lines are re-serialized in the line's own
    style (compact or spaced, ASCII-escaped or not). A line that is not JSON stops the object: ``FAILED``
    with its line number, nothing written;
-4. no line changed -> only PutObjectTagging (existing tags + processed tag, pinned to the version read)
-   -> ``TAGGED``. Otherwise the new body goes back under the same key with every attribute
-   (:func:`s3lake.objects.write_attributes`), the ACL grants, the merged tags and the marker
-   ``x-amz-meta-s3lake-anonymized: <run id>`` on the write itself, conditional on the ETag read
-   (``If-Match``) -> ``ANONYMIZED``, or ``CONFLICT`` when the object changed meanwhile;
+4. no line changed -> only the processed tag (existing tags + processed tag) -> ``TAGGED``: on a
+   versioned bucket PutObjectTagging pinned to the version read; on an unversioned bucket (no version
+   to pin, and PutObjectTagging cannot be conditional) a server-side self-copy of the same bytes with
+   every attribute, the merged tags (``TaggingDirective=REPLACE``) and the marker, conditional on the
+   ETag read (``x-amz-copy-source-if-match`` + ``If-Match``), so an overwrite between the GET and the
+   tagging is never tagged unscanned (-> ``CONFLICT``). Otherwise the new body goes back under the same
+   key with every attribute (:func:`s3lake.object_attributes.write_attributes`), the ACL grants, the
+   merged tags and the marker ``x-amz-meta-s3lake-anonymized: <run id>`` on the write itself,
+   conditional on the ETag read (``If-Match``) -> ``ANONYMIZED``, or ``CONFLICT`` when the object
+   changed meanwhile;
 5. output up to ``part_size`` is one PutObject; beyond it a multipart upload is started and parts of
    ``part_size`` are uploaded while reading goes on (at most 2 in flight), so memory per object stays
    around 3 x part size whatever the object size; any failure aborts the upload;
 6. ``purge_noncurrent``: after a rewrite, the exact version read is deleted (versioned buckets).
 
-Conditional writes: ``If-Match`` on PutObject and CompleteMultipartUpload, see
+Checksums: the object's algorithm (S3's default CRC64NVME when it has none) and type are kept; a
+multipart write of a FULL_OBJECT checksum sends the whole output's checksum with the Complete
+(https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity.html).
+SSE-C: skipped from the inventory's EncryptionStatus without a request, or on S3's 400 to the GET.
+
+Conditional writes: ``If-Match`` on PutObject, CopyObject and CompleteMultipartUpload, see
 https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html (412 PreconditionFailed
 when the ETag differs, 404 NoSuchKey when the key is gone, 409 ConditionalRequestConflict on a
-concurrent write). Both writes go through :func:`s3lake.objects.write_once`: after an unknown outcome
+concurrent write). Both writes go through :func:`s3lake.at_most_once.write_once`: after an unknown outcome
 (lost response, 5xx) the object is HEADed for this run's marker before any retry, and a 412 is also
 checked against the marker (our own write, whose response was lost, makes the retry's ETag stale).
 A body stream that breaks mid-read (connection reset, truncated response) happens before anything is
@@ -56,22 +66,19 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from s3lake import aws, results
+from s3lake.acl_grants import Acl, acl_from_response
+from s3lake.at_most_once import backoff_sleep, create_multipart_once, is_retryable, once_client, write_once
+from s3lake.bucket_lookup import BucketInfo
 from s3lake.errors import ConfigError
-from s3lake.objects import (
-    Acl,
-    BucketInfo,
-    Counter,
+from s3lake.object_attributes import (
+    DEFAULT_CHECKSUM,
+    MAX_USER_METADATA,
     ObjectState,
-    acl_from_response,
-    backoff_sleep,
-    bounded_map,
-    create_multipart_once,
-    is_retryable,
-    once_client,
-    run_per_object,
+    checksum_type_for,
+    metadata_size,
     write_attributes,
-    write_once,
 )
+from s3lake.per_object_job import Counter, bounded_map, run_per_object
 from s3lake.rules import RuleSet
 
 log = logging.getLogger(__name__)
@@ -99,6 +106,7 @@ SKIPPED_EMPTY = "SKIPPED_EMPTY"
 SKIPPED_ARCHIVED = "SKIPPED_ARCHIVED"
 SKIPPED_SSE_C = "SKIPPED_SSE_C"
 SKIPPED_OTHER_OWNER = "SKIPPED_OTHER_OWNER"
+SKIPPED_METADATA_TOO_LARGE = "SKIPPED_METADATA_TOO_LARGE"
 MISSING = "MISSING"
 CONFLICT = "CONFLICT"
 FAILED = results.FAILED
@@ -108,7 +116,9 @@ CANDIDATE_SCHEMA = T.StructType([
     T.StructField("key", T.StringType(), False),
     T.StructField("size", T.LongType()),
     T.StructField("last_modified", T.TimestampType()),
+    T.StructField("encryption_status", T.StringType()),
 ])
+MAX_COPY = 5 * 1024 ** 3  # CopyObject's limit
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,7 @@ class Settings:
     part_size: int = DEFAULT_PART_SIZE
     max_line_bytes: int = DEFAULT_MAX_LINE
     large_objects_in_flight: int = 2  # per task: bounds memory to ~ this x 3 x part_size
+    request_payer: str | None = None  # "requester": x-amz-request-payer on every request
 
 
 class BadLine(ValueError):
@@ -390,10 +401,53 @@ def put_request(state: ObjectState, run_id: str, acl: Acl | None, tags: Sequence
     return {**write_request(state, run_id, acl, tags), "Body": body, "IfMatch": _if_match(state)}
 
 
-def complete_request(state: ObjectState, upload_id: str, parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The conditional CompleteMultipartUpload."""
-    return {"Bucket": state.bucket, "Key": state.key, "UploadId": upload_id,
-            "MultipartUpload": {"Parts": list(parts)}, "IfMatch": _if_match(state)}
+def complete_request(state: ObjectState, upload_id: str, parts: Sequence[Mapping[str, Any]],
+                     full_checksum: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The conditional CompleteMultipartUpload; ``full_checksum`` (algorithm, base64 value) of the whole
+    output for a FULL_OBJECT checksum, so S3 checks it."""
+    params = {"Bucket": state.bucket, "Key": state.key, "UploadId": upload_id,
+              "MultipartUpload": {"Parts": list(parts)}, "IfMatch": _if_match(state)}
+    if full_checksum is not None:
+        params.update({"ChecksumType": "FULL_OBJECT", f"Checksum{full_checksum[0]}": full_checksum[1]})
+    return params
+
+
+def tag_copy_request(state: ObjectState, run_id: str, acl: Acl | None,
+                     tags: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """The conditional self-copy that tags an unchanged object of an unversioned bucket: the same bytes,
+    every attribute, the grants, the merged tags and the marker, only if the object is still the one read."""
+    params = write_attributes(state, metadata={**state.metadata, MARKER: run_id})
+    params.update(Bucket=state.bucket, Key=state.key, CopySource={"Bucket": state.bucket, "Key": state.key},
+                  CopySourceIfMatch=_if_match(state), IfMatch=_if_match(state), MetadataDirective="REPLACE",
+                  TaggingDirective="REPLACE", Tagging=tagging_header(tags))
+    if acl is not None:
+        params.update(acl.grant_params())
+    return params
+
+
+class FullObjectChecksum:
+    """A running CRC32 / CRC32C / CRC64NVME over the output bytes (the FULL_OBJECT-capable algorithms)."""
+
+    WIDTH = {"CRC32": 4, "CRC32C": 4, "CRC64NVME": 8}
+
+    def __init__(self, algorithm: str) -> None:
+        from awscrt import checksums
+
+        self.algorithm = algorithm
+        self._fn = {"CRC32": checksums.crc32, "CRC32C": checksums.crc32c, "CRC64NVME": checksums.crc64nvme}[algorithm]
+        self._value = 0
+
+    @classmethod
+    def supports(cls, algorithm: str) -> bool:
+        return algorithm in cls.WIDTH
+
+    def update(self, data: bytes) -> None:
+        self._value = self._fn(data, self._value)
+
+    def value(self) -> str:
+        import base64
+
+        return base64.b64encode(self._value.to_bytes(self.WIDTH[self.algorithm], "big")).decode()
 
 
 class Conflict(Exception):
@@ -440,7 +494,10 @@ class Output:
         self.buffer = bytearray()
         self.bytes_out = 0
         self.upload_id: str | None = None
-        self.algorithm = state.checksum_algorithm or "CRC32"
+        self.algorithm = state.checksum_algorithm or DEFAULT_CHECKSUM
+        self.checksum_type = checksum_type_for(self.algorithm, state.checksum_type)
+        full = self.checksum_type == "FULL_OBJECT" and FullObjectChecksum.supports(self.algorithm)
+        self.full = FullObjectChecksum(self.algorithm) if full else None
         self.parts: list[Future] = []
         self.pool: ThreadPoolExecutor | None = None
 
@@ -462,9 +519,12 @@ class Output:
         self.bytes_out += len(data)
         if self.settings.dry_run:
             return
+        if self.full is not None:
+            self.full.update(data)
         s3 = aws.s3()
         if self.upload_id is None:
             params = write_request(self.state, self.settings.run_id, self.acl, self.tags, self.algorithm)
+            params.update(ChecksumAlgorithm=self.algorithm, ChecksumType=self.checksum_type)
             self.upload_id = create_multipart_once(params, self.counter)
             self.pool = ThreadPoolExecutor(max_workers=PARTS_IN_FLIGHT)
         while sum(1 for f in self.parts if not f.done()) >= PARTS_IN_FLIGHT:
@@ -501,6 +561,7 @@ class Output:
             if self.settings.dry_run:
                 return {}
             params = put_request(state, run_id, self.acl, self.tags, body)
+            params["ChecksumAlgorithm"] = self.algorithm
 
             def put() -> dict:
                 self.counter.add()
@@ -520,7 +581,8 @@ class Output:
                 raise Conflict(f"{aws.error_code(exc)}: the object changed after it was read; "
                                "left for the next run") from None
             raise
-        params = complete_request(state, self.upload_id, parts)
+        full = (self.full.algorithm, self.full.value()) if self.full is not None else None
+        params = complete_request(state, self.upload_id, parts, full)
 
         def complete() -> dict:
             self.counter.add()
@@ -562,6 +624,8 @@ def precheck(candidate: Mapping[str, Any], settings: Settings, now: datetime) ->
     """A skip decided from the listing alone (no request): empty, or too young even then."""
     if candidate.get("size") == 0:
         return SKIPPED_EMPTY
+    if str(candidate.get("encryption_status") or "").upper() == "SSE-C":
+        return SKIPPED_SSE_C  # S3 cannot read it without the customer key
     modified = candidate.get("last_modified")
     if modified is not None and _age(modified, now) < settings.min_age:
         return SKIPPED_TOO_YOUNG
@@ -586,6 +650,8 @@ def decide(state: ObjectState, settings: Settings, now: datetime) -> str | None:
         return SKIPPED_SSE_C
     if state.needs_restore:
         return SKIPPED_ARCHIVED
+    if metadata_size({**state.metadata, MARKER: settings.run_id}) > MAX_USER_METADATA:
+        return SKIPPED_METADATA_TOO_LARGE
     return None
 
 
@@ -631,7 +697,7 @@ def _process_once(candidate: Mapping[str, Any], settings: Settings, bucket: Buck
         except Exception as exc:  # noqa: BLE001
             code = aws.error_code(exc)
             skip = {"NoSuchKey": MISSING, "404": MISSING, "InvalidObjectState": SKIPPED_ARCHIVED}.get(code)
-            if skip is None and code in ("InvalidRequest", "400") and "customer" in str(exc).lower():
+            if skip is None and aws.is_sse_c_refusal(exc):
                 skip = SKIPPED_SSE_C
             if skip is None:
                 raise
@@ -681,7 +747,9 @@ def _process_once(candidate: Mapping[str, Any], settings: Settings, bucket: Buck
     except Conflict as exc:
         return done(CONFLICT, error_code="PreconditionFailed", error_message=str(exc))
     except Exception as exc:  # noqa: BLE001 - recorded per object, the job goes on
-        return done(FAILED, error_code=aws.error_code(exc), error_message=str(exc))
+        code = aws.error_code(exc)
+        status = SKIPPED_METADATA_TOO_LARGE if code == "MetadataTooLarge" else FAILED
+        return done(status, error_code=code, error_message=str(exc))
 
 
 def rewrite(state: ObjectState, body: Any, gzipped: bool, settings: Settings, acl: Acl | None,
@@ -696,6 +764,9 @@ def rewrite(state: ObjectState, body: Any, gzipped: bool, settings: Settings, ac
             out.abort()
             if settings.dry_run:
                 return WOULD_TAG, {}
+            if state.version_id is None and state.size <= MAX_COPY:
+                tag_by_copy(state, settings.run_id, acl, tags, counter)
+                return TAGGED, {}
             counter.add()  # tags are idempotent: the normal client's retries are fine
             aws.s3().put_object_tagging(Bucket=state.bucket, Key=state.key, Tagging={"TagSet": list(tags)},
                                         **_version(state))
@@ -716,6 +787,18 @@ def rewrite(state: ObjectState, body: Any, gzipped: bool, settings: Settings, ac
                             "error_message": f"anonymized, but deleting the version read ({state.version_id}) "
                                              f"failed: {exc}"}
     return ANONYMIZED, extra
+
+
+def tag_by_copy(state: ObjectState, run_id: str, acl: Acl | None, tags: Sequence[Mapping[str, str]],
+                counter: Counter) -> dict:
+    """Tag an unchanged object of an unversioned bucket through :func:`tag_copy_request` (at most once)."""
+    params = tag_copy_request(state, run_id, acl, tags)
+
+    def copy() -> dict:
+        counter.add()
+        return once_client().copy_object(**params)
+
+    return conditional_write(copy, state, run_id, counter)
 
 
 def memory_kb(field_name: str) -> int | None:
@@ -761,6 +844,7 @@ class TaskStats:
 
 
 def process_partition(rows: Iterable[Any], settings: Settings, buckets: Mapping[str, BucketInfo]) -> Iterator[tuple]:
+    aws.use_request_payer(settings.request_payer)
     unknown = BucketInfo(acls_enabled=True, owner_id=None)
     slots = threading.Semaphore(max(1, settings.large_objects_in_flight))
     stats_dir = os.environ.get("S3LAKE_TASK_STATS_DIR")
@@ -781,7 +865,8 @@ def process_partition(rows: Iterable[Any], settings: Settings, buckets: Mapping[
 def inventory_candidates(inventory: DataFrame) -> DataFrame:
     """Live objects (latest version, not delete markers) of an inventory, as candidates."""
     live = F.coalesce(F.col("is_latest"), F.lit(True)) & ~F.coalesce(F.col("is_delete_marker"), F.lit(False))
-    return inventory.where(live).select("bucket", "key", "size", F.col("last_modified_date").alias("last_modified"))
+    return inventory.where(live).select("bucket", "key", "size", F.col("last_modified_date").alias("last_modified"),
+                                        "encryption_status")
 
 
 def list_source(url: str) -> list[tuple]:
@@ -794,7 +879,7 @@ def list_source(url: str) -> list[tuple]:
     try:
         for page in aws.s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
-                out.append((bucket, obj["Key"], int(obj["Size"]), obj["LastModified"]))
+                out.append((bucket, obj["Key"], int(obj["Size"]), obj["LastModified"], None))
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"cannot list {url}: {aws.error_code(exc)}") from None
     return out

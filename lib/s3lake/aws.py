@@ -7,8 +7,14 @@
   (default 10). ``standard`` because adaptive's client-side rate limiter costs CPU on every request
   (measured: ~25% fewer objects/s in ``make bench``) and only pays off under sustained throttling.
   botocore's retry handler backs off on 500/503 SlowDown/throttling and connection errors, so reads
-  need no retry loop of their own; non-idempotent writes use :func:`s3lake.objects.write_once`.
+  need no retry loop of their own; non-idempotent writes use :func:`s3lake.at_most_once.write_once`.
 * ``S3LAKE_MAX_POOL`` (default 64): HTTP connections per client, at least the per-task concurrency.
+* Requester Pays: after :func:`use_request_payer` ("requester") every S3 request of this process carries
+  ``x-amz-request-payer: requester``
+  (https://docs.aws.amazon.com/AmazonS3/latest/userguide/ObjectsinRequesterPaysBuckets.html); the object
+  jobs call it on the driver and at the start of every task.
+* The AWS CRT (``botocore[crt]``) must be installed: botocore computes CRC64NVME and CRC32C, the checksums
+  S3 stores on objects, only with it (:func:`require_crt`).
 
 Clients are not picklable; build them inside Spark tasks through :func:`client`, which caches one
 client per (process, service, settings), so a reused Python worker keeps its connection pool.
@@ -23,8 +29,11 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from s3lake.errors import ConfigError
+
 _lock = threading.Lock()
 _cache: dict[tuple, Any] = {}
+_request_payer: str | None = None
 
 DEFAULT_MAX_ATTEMPTS = 10
 DEFAULT_MAX_POOL = 64
@@ -63,6 +72,10 @@ def client(service: str, *, max_attempts: int | None = None, max_pool: int | Non
         region(),
         os.environ.get("S3LAKE_RETRY_MODE"),
         os.environ.get("S3LAKE_MAX_ATTEMPTS"),
+        _request_payer if service == "s3" else None,
+        # a process that switches credentials (tests acting as another principal) gets new clients
+        os.environ.get("AWS_ACCESS_KEY_ID"),
+        os.environ.get("AWS_PROFILE"),
     )
     found = _cache.get(key)
     if found is not None:
@@ -77,8 +90,36 @@ def client(service: str, *, max_attempts: int | None = None, max_pool: int | Non
                 endpoint_url=endpoint_url(service),
                 config=client_config(max_attempts, max_pool),
             )
+            if service == "s3" and _request_payer:
+                found.meta.events.register("before-sign.s3", _payer_header(_request_payer))
             _cache[key] = found
     return found
+
+
+def use_request_payer(payer: str | None) -> None:
+    """``"requester"``: every S3 client built from now on in this process sends ``x-amz-request-payer``
+    on every request (bucket-level ones too); ``None``: not."""
+    global _request_payer
+    if payer not in (None, "requester"):
+        raise ConfigError(f"--request-payer must be 'requester', got {payer!r}")
+    _request_payer = payer
+
+
+def _payer_header(payer: str) -> Any:
+    def add(request: Any, **_: Any) -> None:
+        request.headers["x-amz-request-payer"] = payer
+
+    return add
+
+
+def require_crt() -> None:
+    """Refuse to run without the AWS CRT: without it botocore cannot compute CRC64NVME (S3's default
+    checksum since December 2024) or CRC32C, and every rewrite of such an object would fail."""
+    from botocore.compat import HAS_CRT
+
+    if not HAS_CRT:
+        raise ConfigError("the AWS CRT is missing: install botocore[crt] (awscrt), needed for S3's CRC64NVME "
+                          "and CRC32C checksums")
 
 
 def s3(**kwargs: Any) -> Any:
@@ -98,6 +139,19 @@ def split_s3_url(url: str) -> tuple[str, str]:
             if bucket:
                 return bucket, key
     raise ValueError(f"not an s3:// URL: {url!r}")
+
+
+def is_sse_c_refusal(exc: BaseException, *, head: bool = False) -> bool:
+    """S3's 400 to a request on an SSE-C object without the key: ``InvalidRequest`` ("The object was stored
+    using a form of Server Side Encryption. The correct parameters must be provided to retrieve the
+    object.") for GET/CopyObject/UploadPartCopy; for HEAD a 400 without a body (so without a code)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    if head and response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 400:
+        return True
+    message = str(response.get("Error", {}).get("Message", "")).lower()
+    return error_code(exc) == "InvalidRequest" and "server side encryption" in message
 
 
 def error_code(exc: BaseException) -> str:

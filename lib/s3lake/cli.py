@@ -41,6 +41,8 @@ def add_run_options(p: argparse.ArgumentParser, *, concurrency: int, dry_run_hel
                    help=f"objects in flight per Spark task (default {concurrency})")
     p.add_argument("--partitions", type=int, help="Spark tasks (default: from the candidate count)")
     p.add_argument("--max-failures", type=int, default=0, help="exit 1 when more objects FAILED (default 0)")
+    p.add_argument("--request-payer", choices=["requester"],
+                   help="Requester Pays buckets: send x-amz-request-payer on every request (this account pays)")
 
 
 def check_run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

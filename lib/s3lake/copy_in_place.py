@@ -2,18 +2,33 @@
 
 Per candidate (latest version, not a delete marker, replication status in ``--statuses``):
 
+0. the inventory says SSE-C -> ``SKIPPED_SSE_C`` without a request (S3 cannot copy it without the key);
 1. one HEAD (the live state) decides: gone -> ``MISSING``; carries this run's marker -> ``ALREADY_COPIED``;
    replicating now (PENDING/COMPLETED/REPLICA) -> ``SKIPPED_REPLICATING``; ETag or version differs from the
    inventory (overwritten since: the new write replicates by itself) -> ``SKIPPED_CHANGED``; archived and not
-   restored -> ``SKIPPED_ARCHIVED``; SSE-C -> ``SKIPPED_SSE_C``;
+   restored -> ``SKIPPED_ARCHIVED``; SSE-C (or S3's 400 to a HEAD without the customer key) ->
+   ``SKIPPED_SSE_C``; user metadata plus the marker above S3's 2 KB -> ``SKIPPED_METADATA_TOO_LARGE``;
 2. the ACL (GetObjectAcl, unless the bucket has ACLs disabled or ``--no-copy-acls``) rides on the copy
    request as ``x-amz-grant-*`` headers, so the new version never exists with another ACL;
 3. CopyObject onto itself with ``MetadataDirective=REPLACE`` re-sending every attribute (see
-   :mod:`s3lake.objects`) plus the marker ``x-amz-meta-s3lake-copied: <run id>``, ``TaggingDirective=COPY``,
-   ``CopySourceIfMatch`` = the ETag just read and the exact source version;
-4. above ``multipart_threshold``: CreateMultipartUpload + UploadPartCopy in parallel + Complete (Abort on failure).
+   :mod:`s3lake.object_attributes`) plus the marker ``x-amz-meta-s3lake-copied: <run id>``,
+   ``TaggingDirective=COPY``. The copy must apply to the version just read *and still current*: the source
+   is the key's current version (no ``versionId``) with ``CopySourceIfMatch`` = the ETag just read, and the
+   write itself is conditional on the same ETag (``If-Match``), so a write that lands after the HEAD makes
+   S3 answer 412 and the object is ``SKIPPED_CHANGED``, never reverted to the stale bytes;
+4. above ``multipart_threshold``: CreateMultipartUpload + UploadPartCopy in parallel (each part
+   ``CopySourceIfMatch``) + CompleteMultipartUpload with ``If-Match`` (Abort on failure): a write during a
+   minutes-long copy fails the Complete with 412. The checksum algorithm and type (FULL_OBJECT or
+   COMPOSITE) are kept; a full-object checksum is sent with the Complete, so S3 checks the whole copy.
 
-Writes go through :func:`s3lake.objects.write_once`: when the outcome of a copy is unknown (throttled, reset,
+S3 pages: CopyObject https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html (copy-source
+conditions, 412), UploadPartCopy https://docs.aws.amazon.com/AmazonS3/latest/API/API_UploadPartCopy.html,
+conditional writes https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html
+(``If-Match`` on CopyObject and CompleteMultipartUpload), checksums
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity.html, SSE-C
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/ServerSideEncryptionCustomerKeys.html.
+
+Writes go through :func:`s3lake.at_most_once.write_once`: when the outcome of a copy is unknown (throttled, reset,
 response lost) the object is HEADed for the run's marker before any retry, so nothing is copied twice.
 A request count per object is kept for the summary (HEAD + GetObjectAcl + CopyObject = 3 at most for a
 single-part copy; 2 where ACLs are disabled).
@@ -33,22 +48,19 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from s3lake import aws, results
+from s3lake.acl_grants import Acl, acl_from_inventory, acl_from_response
+from s3lake.at_most_once import create_multipart_once, is_retryable, once_client, write_once
+from s3lake.bucket_lookup import BucketInfo
 from s3lake.errors import ConfigError
-from s3lake.objects import (
-    Acl,
-    BucketInfo,
-    Counter,
+from s3lake.object_attributes import (
+    MAX_USER_METADATA,
     ObjectState,
-    acl_from_inventory,
-    acl_from_response,
-    bounded_map,
-    create_multipart_once,
-    is_retryable,
-    once_client,
-    run_per_object,
+    checksum_type_for,
+    metadata_size,
+    multipart_checksum,
     write_attributes,
-    write_once,
 )
+from s3lake.per_object_job import Counter, bounded_map, run_per_object
 
 JOB = "copy-in-place"
 MARKER = "s3lake-copied"
@@ -66,10 +78,11 @@ SKIPPED_CHANGED = "SKIPPED_CHANGED"
 SKIPPED_ARCHIVED = "SKIPPED_ARCHIVED"
 SKIPPED_SSE_C = "SKIPPED_SSE_C"
 SKIPPED_OTHER_OWNER = "SKIPPED_OTHER_OWNER"
+SKIPPED_METADATA_TOO_LARGE = "SKIPPED_METADATA_TOO_LARGE"
 FAILED = results.FAILED
 REPLICATING = frozenset({"PENDING", "COMPLETED", "REPLICA"})
 CANDIDATE_COLUMNS = ["bucket", "key", "version_id", "e_tag", "size", "storage_class", "object_access_control_list",
-                     "object_owner", "checksum_algorithm"]
+                     "object_owner", "checksum_algorithm", "encryption_status"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,7 @@ class Settings:
     concurrency: int = 32
     multipart_threshold: int = DEFAULT_THRESHOLD
     part_concurrency: int = 8
+    request_payer: str | None = None  # "requester": x-amz-request-payer on every request
 
 
 # ------------------------------------------------------------------------------------ pure planning
@@ -142,20 +156,20 @@ def decide(state: ObjectState | None, inventory_etag: str | None, inventory_vers
         return SKIPPED_SSE_C
     if state.needs_restore:
         return SKIPPED_ARCHIVED
+    if metadata_size({**state.metadata, MARKER: run_id}) > MAX_USER_METADATA:
+        return SKIPPED_METADATA_TOO_LARGE
     return None
 
 
 def copy_request(state: ObjectState, run_id: str, acl: Acl | None) -> dict[str, Any]:
     """The CopyObject parameters for a self-copy that keeps every attribute of ``state``."""
-    source: dict[str, str] = {"Bucket": state.bucket, "Key": state.key}
-    if state.version_id:
-        source["VersionId"] = state.version_id
     params = write_attributes(state, metadata={**state.metadata, MARKER: run_id})
     params.update(
         Bucket=state.bucket,
         Key=state.key,
-        CopySource=source,
+        CopySource=current_source(state),
         CopySourceIfMatch=f'"{state.etag}"',
+        IfMatch=f'"{state.etag}"',
         MetadataDirective="REPLACE",
         TaggingDirective="COPY",
     )
@@ -164,10 +178,18 @@ def copy_request(state: ObjectState, run_id: str, acl: Acl | None) -> dict[str, 
     return params
 
 
+def current_source(state: ObjectState) -> dict[str, str]:
+    """The copy source: the key's *current* version, never a pinned one. Pinning the version just read
+    would make ``CopySourceIfMatch`` (that version's own ETag) always true, and a newer write would be
+    superseded by the stale copy."""
+    return {"Bucket": state.bucket, "Key": state.key}
+
+
 def multipart_request(state: ObjectState, run_id: str, acl: Acl | None, tags: Sequence[Mapping[str, str]]) -> dict:
-    """CreateMultipartUpload parameters: every attribute, the marker, the grants and the tags."""
+    """CreateMultipartUpload parameters: every attribute, the marker, the grants, the tags, and the
+    object's checksum algorithm and type."""
     params = write_attributes(state, metadata={**state.metadata, MARKER: run_id})
-    params.update(Bucket=state.bucket, Key=state.key)
+    params.update(Bucket=state.bucket, Key=state.key, **multipart_checksum(state))
     if tags:
         params["Tagging"] = "&".join(f"{quote(t['Key'], safe='')}={quote(t['Value'], safe='')}" for t in tags)
     if acl is not None:
@@ -178,6 +200,22 @@ def multipart_request(state: ObjectState, run_id: str, acl: Acl | None, tags: Se
 # ------------------------------------------------------------------------------------ per object (I/O)
 
 
+def complete_request(state: ObjectState, upload_id: str, parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """CompleteMultipartUpload, conditional on the ETag read (a write during the copy -> 412). A
+    full-object checksum of the source is sent along: the copy has the same bytes, so S3 verifies it."""
+    params: dict[str, Any] = {"Bucket": state.bucket, "Key": state.key, "UploadId": upload_id,
+                              "MultipartUpload": {"Parts": list(parts)}, "IfMatch": f'"{state.etag}"'}
+    algorithm = state.checksum_algorithm
+    if (algorithm and state.checksum_value and state.checksum_type == "FULL_OBJECT"
+            and checksum_type_for(algorithm, "FULL_OBJECT") == "FULL_OBJECT"):
+        params.update({"ChecksumType": "FULL_OBJECT", f"Checksum{algorithm}": state.checksum_value})
+    return params
+
+
+class SseCustomerKey(Exception):
+    """S3 refused the request because the object is SSE-C and the customer key was not sent."""
+
+
 def head(bucket: str, key: str, counter: Counter) -> ObjectState | None:
     counter.add()
     try:
@@ -185,6 +223,8 @@ def head(bucket: str, key: str, counter: Counter) -> ObjectState | None:
     except Exception as exc:  # noqa: BLE001
         if aws.error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return None
+        if aws.is_sse_c_refusal(exc, head=True):
+            raise SseCustomerKey(str(exc)) from None
         raise
     return ObjectState.from_head(bucket, key, response)
 
@@ -216,9 +256,7 @@ def copy_multipart(state: ObjectState, settings: Settings, acl: Acl | None, coun
         tags = s3.get_object_tagging(Bucket=state.bucket, Key=state.key,
                                      **({"VersionId": state.version_id} if state.version_id else {}))["TagSet"]
     upload_id = create_multipart_once(multipart_request(state, settings.run_id, acl, tags), counter)
-    source = {"Bucket": state.bucket, "Key": state.key}
-    if state.version_id:
-        source["VersionId"] = state.version_id
+    source = current_source(state)
     size = part_size(state.size, settings.multipart_threshold)
     ranges = [(i + 1, start, min(start + size, state.size) - 1) for i, start in enumerate(range(0, state.size, size))]
 
@@ -230,18 +268,18 @@ def copy_multipart(state: ObjectState, settings: Settings, acl: Acl | None, coun
             CopySourceRange=f"bytes={first}-{last}", CopySourceIfMatch=f'"{state.etag}"',
         )["CopyPartResult"]
         entry = {"PartNumber": number, "ETag": out["ETag"]}
-        entry.update({k: v for k, v in out.items() if k.startswith("Checksum")})
+        entry.update({k: v for k, v in out.items() if k.startswith("Checksum") and k != "ChecksumType"})
         return entry
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(settings.part_concurrency, len(ranges)))) as pool:
             parts = list(pool.map(copy_part, ranges))
 
+        params = complete_request(state, upload_id, parts)
+
         def complete() -> dict:
             counter.add()
-            return once_client().complete_multipart_upload(
-                Bucket=state.bucket, Key=state.key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-            )
+            return once_client().complete_multipart_upload(**params)
 
         response, _ = write_once(complete, lambda: _applied(state, settings.run_id, counter))
         return response
@@ -271,6 +309,8 @@ def process(candidate: Mapping[str, Any], settings: Settings, bucket: BucketInfo
     base = {"version_id": candidate.get("version_id"), "size": candidate.get("size"),
             "storage_class": candidate.get("storage_class")}
     state: ObjectState | None = None
+    if str(candidate.get("encryption_status") or "").upper() == "SSE-C":
+        return results.row(settings.run_id, JOB, b, k, SKIPPED_SSE_C, requests=0, encryption="SSE-C", **base)
     try:
         state = head(b, k, counter)
         status = decide(state, candidate.get("e_tag"), candidate.get("version_id"), settings.run_id)
@@ -294,11 +334,20 @@ def process(candidate: Mapping[str, Any], settings: Settings, bucket: BucketInfo
                 base["bytes_out"] = state.size
                 status = COPIED
         return results.row(settings.run_id, JOB, b, k, status or FAILED, requests=counter.n, **base)
+    except SseCustomerKey as exc:
+        return results.row(settings.run_id, JOB, b, k, SKIPPED_SSE_C, requests=counter.n, error_code="400",
+                           error_message=str(exc), **{**base, "encryption": "SSE-C"})
     except Exception as exc:  # noqa: BLE001 - recorded per object, the job goes on
         code = aws.error_code(exc)
         if code in ("PreconditionFailed", "412"):
             return results.row(settings.run_id, JOB, b, k, SKIPPED_CHANGED, requests=counter.n, error_code=code,
                                error_message="object changed between HEAD and copy", **base)
+        if aws.is_sse_c_refusal(exc):
+            return results.row(settings.run_id, JOB, b, k, SKIPPED_SSE_C, requests=counter.n, error_code=code,
+                               error_message=str(exc), **{**base, "encryption": "SSE-C"})
+        if code == "MetadataTooLarge":
+            return results.row(settings.run_id, JOB, b, k, SKIPPED_METADATA_TOO_LARGE, requests=counter.n,
+                               error_code=code, error_message=str(exc), **base)
         return results.row(settings.run_id, JOB, b, k, FAILED, requests=counter.n, error_code=code,
                            error_message=str(exc), **base)
 
@@ -315,6 +364,7 @@ def _object_acl(state: ObjectState, candidate: Mapping[str, Any], settings: Sett
 
 def process_partition(rows: Iterable[Any], settings: Settings, buckets: Mapping[str, BucketInfo]) -> Iterator[tuple]:
     """A bounded pool of ``settings.concurrency`` objects in flight; S3 latency, not CPU, is the limit."""
+    aws.use_request_payer(settings.request_payer)
     unknown = BucketInfo(acls_enabled=True, owner_id=None)
 
     def one(candidate: Any) -> tuple:

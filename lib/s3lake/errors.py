@@ -17,3 +17,7 @@ class ConfigError(S3LakeError):
 
 class ResultsPathError(S3LakeError):
     """The results location cannot be written."""
+
+
+class BucketUnreachableError(S3LakeError):
+    """A bucket the input names cannot be used: missing, in another region, or access denied."""
