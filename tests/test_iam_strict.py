@@ -235,6 +235,15 @@ def s3_calls(bucket: str, version: str, kms: str, owner: str = "", upload: tuple
             Bucket=bucket, Key="k", UploadId=upload, PartNumber=2,
             CopySource={"Bucket": bucket, "Key": "k", "VersionId": version}),
          [("s3:PutObject", o), ("s3:GetObjectVersion", o)]),
+        ("UploadPartCopy of the current version", lambda c: c.upload_part_copy(
+            Bucket=bucket, Key="k", UploadId=upload, PartNumber=4, CopySource={"Bucket": bucket, "Key": "k"},
+            CopySourceIfMatch="*"),
+         [("s3:PutObject", o), ("s3:GetObject", o)]),
+        ("CopyObject onto itself, current version, tags copied", lambda c: c.copy_object(
+            Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "k"}, CopySourceIfMatch="*",
+            MetadataDirective="REPLACE", Metadata={"m": "2"}, GrantFullControl=owner),
+         [("s3:PutObject", o), ("s3:GetObject", o), ("s3:GetObjectTagging", o), ("s3:PutObjectTagging", o),
+          ("s3:PutObjectAcl", o)]),
         ("AbortMultipartUpload", lambda c: c.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=upload),
          [("s3:AbortMultipartUpload", o)]),
         ("PutObject with Object Lock", lambda c: c.put_object(
