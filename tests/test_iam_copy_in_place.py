@@ -178,7 +178,7 @@ def test_every_action_the_policy_grants_was_needed_by_a_request(runs, scenarios)
     used = set().union(*(iam.used_actions(run.audit) for run in runs.values()))
     granted = iam.granted_actions(scenarios["rich"][1])
     unused = {(sid, action) for sid, action in granted - used if sid not in EMR_ONLY}
-    # Only failure paths abort: test_without_get_object_version_... shows the abort is allowed and happens.
+    # Only a failed multipart copy aborts (tests/test_iam_strict.py: AbortMultipartUpload needs exactly this action).
     assert unused == {("CopyObjectsInPlace", "s3:AbortMultipartUpload")}
 
 
@@ -225,10 +225,3 @@ def test_without_the_data_bucket_listing_and_lock_reads_three_objects_each_end_w
                               "locked.txt": (cip.COPIED, None)}
     head = s3.head_object(Bucket=run.bucket, Key="locked.txt")
     assert "ObjectLockMode" not in head and head["ObjectLockLegalHoldStatus"] == "ON"
-
-
-def test_without_get_object_version_a_multipart_copy_fails_and_its_upload_is_aborted(spark, scenarios, inv, s3):
-    run = crippled(spark, scenarios, inv, "no_gov", "big", [("CopyObjectsInPlace", "s3:GetObjectVersion")])
-    assert run.statuses() == {"big/blob.bin": (cip.FAILED, "AccessDenied")}
-    assert ("CopyObjectsInPlace", "s3:AbortMultipartUpload") in iam.used_actions(run.audit)
-    assert s3.list_multipart_uploads(Bucket=run.bucket).get("Uploads", []) == []

@@ -235,6 +235,15 @@ def s3_calls(bucket: str, version: str, kms: str, owner: str = "", upload: tuple
             Bucket=bucket, Key="k", UploadId=upload, PartNumber=2,
             CopySource={"Bucket": bucket, "Key": "k", "VersionId": version}),
          [("s3:PutObject", o), ("s3:GetObjectVersion", o)]),
+        ("UploadPartCopy of the current version", lambda c: c.upload_part_copy(
+            Bucket=bucket, Key="k", UploadId=upload, PartNumber=4, CopySource={"Bucket": bucket, "Key": "k"},
+            CopySourceIfMatch="*"),
+         [("s3:PutObject", o), ("s3:GetObject", o)]),
+        ("CopyObject onto itself, current version, tags copied", lambda c: c.copy_object(
+            Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "k"}, CopySourceIfMatch="*",
+            MetadataDirective="REPLACE", Metadata={"m": "2"}, GrantFullControl=owner),
+         [("s3:PutObject", o), ("s3:GetObject", o), ("s3:GetObjectTagging", o), ("s3:PutObjectTagging", o),
+          ("s3:PutObjectAcl", o)]),
         ("AbortMultipartUpload", lambda c: c.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=upload),
          [("s3:AbortMultipartUpload", o)]),
         ("PutObject with Object Lock", lambda c: c.put_object(
@@ -297,3 +306,38 @@ def test_each_s3_call_of_the_jobs_needs_exactly_its_documented_actions(objects, 
 
     assert not denied(with_all), with_all
     assert {a: denied(c) for a, c in without_one.items()} == {a: True for a, _ in needs}
+
+
+# What plain moto authorizes instead: (call name, the actions moto checks, does moto refuse the documented set?)
+MOTO_CHECKS = [
+    ("HeadObject version", ["s3:GetObject"], True),
+    ("GetObjectAcl version", ["s3:GetObjectVersion"], True),
+    ("GetObjectTagging version", ["s3:GetObjectVersion"], True),
+    ("GetObject KMS", ["s3:GetObject"], False),
+    ("CopyObject onto itself, by version, tags copied", ["s3:PutObject"], False),
+    ("PutObject with tags, grants, KMS", ["s3:PutObject"], False),
+    ("UploadPartCopy by version", ["s3:PutObject"], False),
+]
+
+
+@pytest.mark.parametrize("name, moto_actions, moto_refuses_documented", MOTO_CHECKS)
+def test_plain_moto_checks_other_actions_than_aws_for_the_jobs_calls(bed, s3, unique, name, moto_actions,
+                                                                     moto_refuses_documented):
+    bucket = f"iam-moto-{unique}"
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls={
+        "Rules": [{"ObjectOwnership": "BucketOwnerPreferred"}]})
+    version = s3.put_object(Bucket=bucket, Key="k", Body=b"x" * 10, Tagging="a=1")["VersionId"]
+    kms = make_kms_key()
+    s3.put_object(Bucket=bucket, Key="kms", Body=b"x", ServerSideEncryption="aws:kms", SSEKMSKeyId=kms)
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    owner = f'id="{s3.get_bucket_acl(Bucket=bucket)["Owner"]["ID"]}"'
+    _, call, needs = next(c for c in s3_calls(bucket, version, kms, owner, (upload, "")) if c[0] == name)
+    documented = bed.principal({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": a, "Resource": r} for a, r in needs]}).client("s3")
+    mapped = bed.principal(allow(*moto_actions)).client("s3")
+    bed.on()
+
+    got = (denied(code_of(lambda: call(documented))), denied(code_of(lambda: call(mapped))))
+
+    assert got == {"plain": (moto_refuses_documented, False), "strict": (False, True)}[bed.mode]
