@@ -797,3 +797,24 @@ def test_serverless_job_runtime_policy_is_valid_and_every_statement_is_explained
         assert statement["Effect"] == "Allow" and statement["Action"] and statement["Resource"]
         assert all(":" in a and "*" not in a for a in statement["Action"])
         assert statement["Sid"] in readme, statement["Sid"]
+
+
+def test_serverless_dry_run_on_an_existing_application_reads_it_first(env, bucket, tmp_path):
+    require_job("copy-in-place")
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    dead = {k: v for k, v in env.items() if k not in {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}}
+    dead.update(AWS_SHARED_CREDENTIALS_FILE=str(empty), AWS_CONFIG_FILE=str(empty),
+                AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    result = launch(dead, "copy-in-place", "--artifacts", f"s3://{bucket}/rel", "--serverless", "00abcdef12345678",
+                    "--release-label", "emr-spark-8.1.0", "--python", "3.13", "--execution-role-arn", ROLE,
+                    "--dry-run")
+    assert result.returncode == 0, result.stderr
+    commands = dry_run_commands(result.stdout)
+    assert [c[3:5] for c in commands] == [
+        ["sts", "get-caller-identity"], ["emr-serverless", "get-application"], ["s3", "cp"], ["s3", "cp"],
+        ["emr-serverless", "start-job-run"]]
+    start = commands[-1]
+    assert option(start, "--application-id") == "00abcdef12345678"
+    assert option(start, "--execution-role-arn") == ROLE
+    assert "python3.13-x86_64.tar.gz#environment" in option(start, "--job-driver")

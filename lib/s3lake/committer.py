@@ -6,9 +6,10 @@ Two safe combinations are shipped, one per EMR line (conf/emr-configurations-<li
   S3-optimized commit protocol (``SQLEmrOptimizedCommitProtocol``), which also covers dynamic partition
   overwrite. Sources: emr-spark-s3-optimized-committer.html, emr-spark-committer-reqs.html,
   emr-spark-s3-optimized-commit-protocol.html, emr-spark-commit-protocol-reqs.html (EMR Release Guide).
-* **S3A** (the default for ``s3://`` since emr-7.10.0, "on all EMR deployments including EMR Serverless":
-  emr-s3a-migrate.html; the only connector emr-spark-8.1.0 lists: emr-spark810-release.html): EMR's
-  ``SQLEmrOptimizedCommitProtocol`` hands the write to its MagicCommitProtocol (MagicV2 committer) unless
+* **S3A** (emr-spark-8.1.x): the default for ``s3://`` since emr-7.10.0 on every EMR deployment, EMR
+  Serverless included (emr-s3a-migrate.html); emr-spark-8.1.0 lists no EMRFS among its applications
+  (emr-spark810-release.html). EMR's ``SQLEmrOptimizedCommitProtocol`` hands the write to its
+  MagicCommitProtocol (MagicV2 committer) unless
   ``...SQLEmrOptimizedCommitProtocol.leverageMagicCommitProtocol=false`` or the S3A magic committer is
   switched off (emr-spark-magic-commit-protocol.html, s3a-magicv2-committer.html).
 
