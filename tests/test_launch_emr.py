@@ -71,6 +71,16 @@ def env(moto_server, build_cache):
 
 
 @pytest.fixture
+def dead(env, tmp_path):
+    """No credentials and an endpoint that refuses connections: any AWS call would fail the run."""
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    e = {k: v for k, v in env.items() if k not in {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}}
+    e.update(AWS_SHARED_CREDENTIALS_FILE=str(empty), AWS_CONFIG_FILE=str(empty), AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    return e
+
+
+@pytest.fixture
 def emr(moto_server):
     from s3lake import aws
 
@@ -98,6 +108,18 @@ def printed(stdout: str) -> dict[str, str]:
         if sep and key in {"artifacts", "cluster", "step", "console", "logs", "stderr"}:
             out[key] = value.strip()
     return out
+
+
+def printed_value(proc: subprocess.Popen, key: str, timeout: float = 90) -> str:
+    """The value of the first ``key: value`` line a running launch prints (within ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith(f"{key}:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(proc.stderr.read() if proc.poll() is not None else f"no {key} printed")
 
 
 def dry_run_commands(stdout: str) -> list[list[str]]:
@@ -273,18 +295,10 @@ def test_adds_the_step_to_a_running_cluster(env, emr, bucket, unique):
 
 
 @pytest.mark.parametrize("job", ["copy-in-place", "anonymize", "json-to-parquet"])
-def test_dry_run_prints_every_command_and_touches_nothing(env, s3, emr, bucket, job, tmp_path):
+def test_dry_run_prints_every_command_and_touches_nothing(dead, s3, emr, bucket, job):
     require_job(job)
     clusters_before = cluster_ids(emr)
     buckets_before = {b["Name"] for b in s3.list_buckets()["Buckets"]}
-    # No credentials and an endpoint that refuses connections: any AWS call would fail the run.
-    dead = dict(env)
-    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        dead.pop(k, None)
-    empty = tmp_path / "empty"
-    empty.write_text("")
-    dead.update(AWS_SHARED_CREDENTIALS_FILE=str(empty), AWS_CONFIG_FILE=str(empty),
-                AWS_ENDPOINT_URL="http://127.0.0.1:9")
     result = launch(dead, job, "--artifacts", f"s3://{bucket}/rel", "--dry-run", "--wait", "--",
                     *TRICKY_ARGS)
     assert result.returncode == 0, result.stderr
@@ -331,15 +345,7 @@ def test_wait_fails_when_the_step_does_not_complete(env, emr, bucket, unique):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        cluster_id = None
-        deadline = time.monotonic() + 90
-        while cluster_id is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("cluster:"):
-                cluster_id = line.split(":", 1)[1].strip()
-        assert cluster_id, proc.stderr.read() if proc.poll() is not None else "no cluster id printed"
+        cluster_id = printed_value(proc, "cluster")
         time.sleep(1.5)  # let it poll at least once while the step is RUNNING
         assert proc.poll() is None
         emr.terminate_job_flows(JobFlowIds=[cluster_id])
@@ -624,15 +630,7 @@ def test_serverless_wait_exits_1_when_the_run_is_cancelled(env, serverless, buck
         env={**env, "S3LAKE_POLL_SECONDS": "3"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        run_id = None
-        deadline = time.monotonic() + 90
-        while run_id is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("job run:"):
-                run_id = line.split(":", 1)[1].strip()
-        assert run_id, proc.stderr.read() if proc.poll() is not None else "no job run id printed"
+        run_id = printed_value(proc, "job run")
         serverless.cancel_job_run(applicationId=app, jobRunId=run_id)  # before its first poll
         _, err = proc.communicate(timeout=60)
     finally:
@@ -693,17 +691,9 @@ def test_serverless_bad_input_is_one_line_and_uploads_nothing(env, s3, bucket, a
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
 
 
-def test_serverless_dry_run_on_emr_spark_8_prints_the_calls_and_touches_nothing(env, s3, serverless, bucket,
-                                                                                tmp_path):
+def test_serverless_dry_run_on_emr_spark_8_prints_the_calls_and_touches_nothing(dead, s3, serverless, bucket):
     require_job("anonymize")
     apps_before = serverless.list_applications()["applications"]
-    dead = dict(env)
-    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        dead.pop(k, None)
-    empty = tmp_path / "empty"
-    empty.write_text("")
-    dead.update(AWS_SHARED_CREDENTIALS_FILE=str(empty), AWS_CONFIG_FILE=str(empty),
-                AWS_ENDPOINT_URL="http://127.0.0.1:9")
     result = launch(dead, "anonymize", "--artifacts", f"s3://{bucket}/rel", "--serverless-create", "s3lake-spark4",
                     "--release-label", "emr-spark-8.1.0", "--execution-role-arn", ROLE, "--dry-run", "--wait",
                     "--", *TRICKY_ARGS)
@@ -799,13 +789,8 @@ def test_serverless_job_runtime_policy_is_valid_and_every_statement_is_explained
         assert statement["Sid"] in readme, statement["Sid"]
 
 
-def test_serverless_dry_run_on_an_existing_application_reads_it_first(env, bucket, tmp_path):
+def test_serverless_dry_run_on_an_existing_application_reads_it_first(dead, bucket):
     require_job("copy-in-place")
-    empty = tmp_path / "empty"
-    empty.write_text("")
-    dead = {k: v for k, v in env.items() if k not in {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}}
-    dead.update(AWS_SHARED_CREDENTIALS_FILE=str(empty), AWS_CONFIG_FILE=str(empty),
-                AWS_ENDPOINT_URL="http://127.0.0.1:9")
     result = launch(dead, "copy-in-place", "--artifacts", f"s3://{bucket}/rel", "--serverless", "00abcdef12345678",
                     "--release-label", "emr-spark-8.1.0", "--python", "3.13", "--execution-role-arn", ROLE,
                     "--dry-run")
