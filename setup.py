@@ -8,6 +8,19 @@ RUNTIME = [
     "pyarrow>=14",
     "pandas>=1.5",  # pyspark needs it for mapInArrow/Arrow UDFs
 ]
+# One extra per Spark line (EMR provides pyspark; locally these install it). emr-7.x: Spark 3.5 on Python
+# 3.9/3.11; emr-spark-8.1.x: Spark 4.1 on Python 3.11/3.13, whose Arrow functions need pandas>=2.2 and
+# pyarrow>=15 (pyspark 4.1's own minimums).
+SPARK_3_5 = ["pyspark>=3.5,<3.6"]
+SPARK_4_1 = ["pyspark>=4.1,<4.2", "pandas>=2.2", "pyarrow>=15"]
+TEST = [
+    "pytest>=7",
+    "chispa>=0.9",
+    "moto[server]>=5.0",
+    "ruff>=0.4",
+    "awscli>=1.32",  # launch_emr.sh's tests run the real AWS CLI (emr, emr-serverless) against moto
+    "wheel>=0.40",  # launch_emr.sh builds the s3lake wheel offline
+]
 
 setup(
     name="s3lake",
@@ -18,17 +31,10 @@ setup(
     python_requires=">=3.9",
     install_requires=RUNTIME,
     extras_require={
-        # pyspark comes with EMR; locally it is installed by the `spark` extra.
-        "spark": ["pyspark>=3.5,<3.6"],
-        "test": [
-            "pyspark>=3.5,<3.6",
-            "pytest>=7",
-            "chispa>=0.9",
-            "moto[server]>=5.0",
-            "ruff>=0.4",
-            "awscli>=1.32",
-            "wheel>=0.40",  # launch_emr.sh builds the s3lake wheel offline
-        ],
+        "spark": SPARK_3_5,
+        "spark4": SPARK_4_1,
+        "test": TEST + SPARK_3_5,  # the default line (make test SPARK_LINE=3.5)
+        "test-spark4": TEST + SPARK_4_1,  # make test SPARK_LINE=4.1
         "bench": ["duckdb>=1.0"],
     },
 )

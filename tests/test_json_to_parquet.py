@@ -208,48 +208,6 @@ def test_registers_glue_table_and_partitions(spark, tmp_path, glue, unique):
     assert glue_catalog.schema_from_table(table) == SCHEMA
 
 
-def test_shipped_emr_configuration_enables_the_s3_optimized_committer_and_protocol():
-    conf = json.loads((ROOT / "conf" / "emr-configurations.json").read_text())
-    props = next(c["Properties"] for c in conf if c["Classification"] == "spark-defaults")
-    assert props["spark.sql.parquet.fs.optimized.committer.optimization-enabled"] == "true"
-    assert props["spark.sql.parquet.output.committer.class"] == j2p.EMR_PARQUET_COMMITTER
-    assert props["spark.sql.sources.commitProtocolClass"] == j2p.EMR_COMMIT_PROTOCOL
-    assert props["spark.hadoop.fs.s3.impl"] == j2p.EMRFS  # EMR 7.10+ would otherwise use S3A
-    assert props.get("spark.hadoop.fs.s3.impl.disable.cache", "false") == "false"
-    assert props.get("spark.speculation", "false") == "false"
-    effective = {k: props.get(k, props.get(f"spark.hadoop.{k}")) for k in j2p.COMMITTER_KEYS}
-    assert j2p.committer_conflicts(effective, on_emr=True, mode="overwrite-partitions") == []
-
-
-@pytest.mark.parametrize(
-    "setting",
-    [
-        {"spark.sql.parquet.output.committer.class": "org.apache.parquet.hadoop.ParquetOutputCommitter"},
-        {"spark.sql.sources.commitProtocolClass": j2p.SPARK_COMMIT_PROTOCOL},
-        {"spark.sql.parquet.fs.optimized.committer.optimization-enabled": "false"},
-        {"fs.s3.impl.disable.cache": "true"},
-        {"fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem"},
-    ],
-)
-def test_settings_that_silently_disable_the_emr_committer_are_refused(setting):
-    conf = {"spark.sql.parquet.output.committer.class": j2p.EMR_PARQUET_COMMITTER,
-            "spark.sql.sources.commitProtocolClass": j2p.EMR_COMMIT_PROTOCOL, "fs.s3.impl": j2p.EMRFS}
-    conf.update(setting)
-    assert j2p.committer_conflicts(conf, on_emr=True, mode="overwrite-partitions")
-
-
-def test_job_refuses_a_conflicting_commit_protocol_and_sets_none_itself(spark, tmp_path):
-    before = {k: spark.conf.get(k, None) for k in j2p.COMMITTER_KEYS if k.startswith("spark.sql")}
-    j2p.convert(spark, options(tmp_path, [write_input(tmp_path / "in", "c", GOOD[:1])]))
-    assert {k: spark.conf.get(k, None) for k in before} == before
-    spark.conf.set("spark.sql.sources.commitProtocolClass", "com.example.MyProtocol")
-    try:
-        with pytest.raises(ConfigError, match="commitProtocolClass=com.example.MyProtocol"):
-            j2p.convert(spark, options(tmp_path, [write_input(tmp_path / "in", "c", GOOD[:1])]))
-    finally:
-        spark.conf.unset("spark.sql.sources.commitProtocolClass")
-
-
 def _job():
     spec = importlib.util.spec_from_file_location("job_json_to_parquet", ROOT / "jobs" / "json_to_parquet.py")
     module = importlib.util.module_from_spec(spec)

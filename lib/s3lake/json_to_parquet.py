@@ -12,13 +12,14 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from s3lake import glue_catalog
+from s3lake.committer import check_committer, committer_conflicts
 from s3lake.errors import ConfigError, S3LakeError
 
 log = logging.getLogger("s3lake.json_to_parquet")
@@ -39,22 +40,6 @@ EPOCH_MS_THRESHOLD = 1e11
 BAD_MALFORMED = "malformed-json-or-type-mismatch"
 BAD_TS_MISSING = "missing-timestamp"
 BAD_TS_UNPARSEABLE = "unparseable-timestamp"
-
-# The EMR committer settings (conf/emr-configurations.json); see committer_conflicts().
-EMR_PARQUET_COMMITTER = "com.amazon.emr.committer.EmrOptimizedSparkSqlParquetOutputCommitter"
-EMR_COMMIT_PROTOCOL = "org.apache.spark.sql.execution.datasources.SQLEmrOptimizedCommitProtocol"
-SPARK_COMMIT_PROTOCOL = "org.apache.spark.sql.execution.datasources.SQLHadoopMapReduceCommitProtocol"
-EMRFS = "com.amazon.ws.emr.hadoop.fs.EmrFileSystem"
-COMMITTER_KEYS = (
-    "spark.sql.parquet.fs.optimized.committer.optimization-enabled",
-    "spark.sql.parquet.output.committer.class",
-    "spark.sql.sources.commitProtocolClass",
-    "spark.sql.sources.partitionOverwriteMode",
-    "spark.speculation",
-    "fs.s3.impl",
-    "fs.s3.impl.disable.cache",
-)
-
 
 class TooManyBadRecords(S3LakeError):
     """The share of bad records is above --max-bad-fraction; the output was not touched."""
@@ -134,65 +119,6 @@ def validate(opts: Options) -> None:
         raise ConfigError("--max-records-per-file must be >= 0 and --files-per-partition >= 1")
     if not 0 <= opts.max_bad_fraction <= 1:
         raise ConfigError("--max-bad-fraction must be between 0 and 1")
-
-
-def committer_conflicts(conf: Mapping[str, str | None], *, on_emr: bool, mode: str) -> list[str]:
-    """Settings that would make EMR silently skip the S3-optimized committer / commit protocol.
-
-    ``conf`` maps the keys in COMMITTER_KEYS to their effective values (None = unset).
-    Source: docs.aws.amazon.com/emr/latest/ReleaseGuide/emr-spark-committer-reqs.html and
-    emr-spark-commit-protocol-reqs.html.
-    """
-    problems = []
-    if (conf.get("spark.sql.parquet.fs.optimized.committer.optimization-enabled") or "").lower() == "false":
-        problems.append("spark.sql.parquet.fs.optimized.committer.optimization-enabled=false")
-    protocol = conf.get("spark.sql.sources.commitProtocolClass")
-    if protocol and protocol not in (EMR_COMMIT_PROTOCOL, SPARK_COMMIT_PROTOCOL):
-        problems.append(f"spark.sql.sources.commitProtocolClass={protocol}")
-    if (conf.get("fs.s3.impl.disable.cache") or "").lower() == "true":
-        problems.append("fs.s3.impl.disable.cache=true")
-    if on_emr:
-        committer = conf.get("spark.sql.parquet.output.committer.class")
-        if committer and committer != EMR_PARQUET_COMMITTER:
-            problems.append(f"spark.sql.parquet.output.committer.class={committer}")
-        if mode == "overwrite-partitions" and protocol != EMR_COMMIT_PROTOCOL:
-            problems.append(f"spark.sql.sources.commitProtocolClass={protocol} (need {EMR_COMMIT_PROTOCOL})")
-        impl = conf.get("fs.s3.impl")
-        if impl and impl != EMRFS:
-            problems.append(f"fs.s3.impl={impl} (the EMRFS committers need {EMRFS}; EMR 7.10+ defaults to S3A)")
-    elif (conf.get("spark.speculation") or "").lower() == "true":
-        # Without the EMRFS committer, speculative tasks can duplicate output (SPARK-10063).
-        problems.append("spark.speculation=true without the EMRFS S3-optimized committer")
-    return problems
-
-
-def session_conf(spark: SparkSession) -> tuple[dict[str, str | None], bool]:
-    """The effective committer-related settings and whether the EMR committer classes are present."""
-    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
-    conf: dict[str, str | None] = {}
-    for key in COMMITTER_KEYS:
-        if key.startswith("fs."):
-            conf[key] = hadoop.get(key)
-        elif key == "spark.speculation":
-            conf[key] = spark.sparkContext.getConf().get(key, None)
-        else:
-            conf[key] = spark.conf.get(key, None)
-    try:
-        spark.sparkContext._jvm.java.lang.Class.forName(EMR_PARQUET_COMMITTER)
-        on_emr = True
-    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException
-        on_emr = False
-    return conf, on_emr
-
-
-def check_committer(spark: SparkSession, mode: str) -> None:
-    conf, on_emr = session_conf(spark)
-    problems = committer_conflicts(conf, on_emr=on_emr, mode=mode)
-    if problems:
-        raise ConfigError(
-            "settings that disable the S3-optimized committer: " + "; ".join(problems)
-            + " (see conf/emr-configurations.json)"
-        )
 
 
 # ----------------------------------------------------------------------------------- pure transforms
