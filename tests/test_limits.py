@@ -18,6 +18,7 @@ from botocore.config import Config
 from s3lake import anonymize as anon
 from s3lake import copy_in_place as cip
 from s3lake.testbed.proxy import LimitPlan
+from s3lake.testbed.replication import replicate_everything
 from s3lake.testbed.seed import make_bucket, make_kms_key
 
 from jobs import anonymize as anon_job
@@ -71,7 +72,7 @@ def throttled_share(proxy) -> float:
 
 def test_copy_in_place_at_the_prefix_limit_copies_every_candidate_once_and_shows_progress(
         spark, proxy, direct, unique, tmp_path, capsys):
-    bucket = make_bucket(f"lim-cip-{unique}", versioned=True)
+    bucket = replicate_everything(make_bucket(f"lim-cip-{unique}", versioned=True))
     keys = seed_copy_bucket(direct, bucket, 200, make_kms_key())
     manifest = inventory_for(direct, bucket, keys)
     before = states(direct, bucket, keys)
@@ -131,7 +132,7 @@ def test_anonymize_at_the_prefix_limit_rewrites_every_object_once(spark, proxy, 
 
 def test_a_stretch_of_100_percent_slowdown_mid_run_is_waited_out(spark, proxy, direct, unique, tmp_path,
                                                                   capsys):
-    bucket = make_bucket(f"lim-out-{unique}", versioned=True)
+    bucket = replicate_everything(make_bucket(f"lim-out-{unique}", versioned=True))
     keys = seed_copy_bucket(direct, bucket, 40, make_kms_key())
     manifest = inventory_for(direct, bucket, keys)
     stretch = 20.0
@@ -156,7 +157,7 @@ def test_a_stretch_of_100_percent_slowdown_mid_run_is_waited_out(spark, proxy, d
 
 
 def test_the_run_wide_cap_holds_at_the_proxy(spark, proxy, direct, unique, tmp_path):
-    bucket = make_bucket(f"lim-cap-{unique}", versioned=True)
+    bucket = replicate_everything(make_bucket(f"lim-cap-{unique}", versioned=True))
     keys = seed_copy_bucket(direct, bucket, 80, make_kms_key())
     manifest = inventory_for(direct, bucket, keys)
     cap = 20
