@@ -5,7 +5,7 @@
         --schema conf/schemas/firehose-events.json --timestamp-field event_time [--partition-by dt] \\
         [--table lake.events] [--mode replace-batches|rebuild-partitions|append] [--dedup-key event_id] \\
         [--target-file-size 256m] [--max-records-per-file N] [--bad-records s3://lake/events_bad_records] \\
-        [--max-bad-fraction 0.01] [--reread-input]
+        [--max-bad-fraction 0.01] [--unknown-fields-sample 64] [--reread-input]
 
 Each record goes to the partition of its own event time. By default (``replace-batches``) the rows of
 each Firehose arrival hour are a sub-partition ``batch=<hour>-<source hash>`` of their event partitions:
@@ -50,6 +50,9 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--bad-records", metavar="PATH", help="default: <output>_bad_records")
     p.add_argument("--max-bad-fraction", type=float, default=0.01, metavar="F",
                    help="fail when more than this share of records is bad (default 0.01)")
+    p.add_argument("--unknown-fields-sample", type=int, default=j2p.DEFAULT_UNKNOWN_FIELDS_SAMPLE, metavar="N",
+                   help="count unknown top-level fields in 1 of N records (default 64; 1: every record, "
+                        "which parses each line twice)")
     p.add_argument("--reread-input", action="store_true",
                    help="read and parse the input again for each step instead of reusing one shuffle")
     return p.parse_args(argv)
@@ -73,6 +76,7 @@ def options(args) -> j2p.Options:
         max_bad_fraction=args.max_bad_fraction,
         reuse_shuffle=not args.reread_input,
         target_file_size=j2p.parse_size(args.target_file_size),
+        unknown_fields_sample=args.unknown_fields_sample,
     )
     j2p.validate(opts)
     return opts

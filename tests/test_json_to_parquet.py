@@ -57,7 +57,7 @@ def write_input(directory: Path, name: str, lines, *, gz: bool = True) -> str:
 
 def options(tmp_path: Path, inputs, **kw) -> j2p.Options:
     base = dict(inputs=inputs, output=str(tmp_path / "out"), schema=SCHEMA, timestamp_field="ts",
-                partition_by=["dt"], max_bad_fraction=1.0)
+                partition_by=["dt"], max_bad_fraction=1.0, unknown_fields_sample=1)
     base.update(kw)
     return j2p.Options(**base)
 
@@ -101,6 +101,16 @@ def test_bad_rows_keep_their_raw_line_and_good_rows_do_not(spark):
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
 
 
+def test_unknown_fields_are_counted_in_a_deterministic_sample_of_the_records(spark):
+    lines = [f'{{"id":"{i}","ts":1714525200,"extra":{i}}}' for i in range(2000)]
+    first = j2p.parse_records(lines_df(spark, lines), SCHEMA, "ts", unknown_fields_sample=16)
+    counted = first.where(F.col(j2p.UNKNOWN).isNotNull())
+    assert 2000 / 16 * 0.7 < counted.count() < 2000 / 16 * 1.3
+    assert counted.where(F.col(j2p.UNKNOWN) != 1).count() == 0  # each counted record has its one extra field
+    again = j2p.parse_records(lines_df(spark, lines), SCHEMA, "ts", unknown_fields_sample=16)
+    assert_df_equality(again.where(F.col(j2p.UNKNOWN).isNotNull()), counted, ignore_row_order=True)
+
+
 def test_partition_columns_year_month_day_hour_in_utc(spark):
     df = j2p.parse_records(lines_df(spark, GOOD[2:3]), SCHEMA, "ts")
     got = j2p.with_partitions(df, ["year", "month", "day", "hour"]).select("year", "month", "day", "hour")
@@ -134,6 +144,7 @@ def test_writes_partitions_quarantines_bad_records_and_a_rerun_is_identical(spar
     assert first["input_records"] == 9 and first["bad_records"] == 5 and first["written_records"] == 4
     assert first["bad_by_reason"] == {j2p.BAD_MALFORMED: 3, j2p.BAD_TS_MISSING: 1, j2p.BAD_TS_UNPARSEABLE: 1}
     assert first["unknown_fields_ignored"] == 2 and first["records_with_unknown_fields"] == 1
+    assert first["records_checked_for_unknown_fields"] == 4
     # one record per file (--max-records-per-file 1): 2024-05-02 holds b and c; no empty files. The input
     # is not in the arrival layout: one batch, named by its --input arguments.
     batch = "batch=" + first["batches"][0]
@@ -163,6 +174,19 @@ def test_rebuild_partitions_replaces_whole_event_partitions_the_input_touches(sp
     got = spark.read.parquet(str(tmp_path / "out")).select("id", F.col("dt").cast("string"))
     expected = spark.createDataFrame([("a", "2024-05-01"), ("b2", "2024-05-02")], "id string, dt string")
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_a_big_day_is_written_by_several_tasks_of_about_the_target_size_and_a_small_one_by_one(spark, tmp_path):
+    rows = [(i, "2024-05-01" if i % 50 else "2024-05-02", "x" * 200) for i in range(8000)]
+    frame = spark.createDataFrame(rows, "id long, dt string, pad string").repartition(4)  # 4 map tasks
+    before = spark.conf.get(j2p.ADVISORY_SIZE, None)
+    with j2p.advisory_size(spark, 128 * 1024):
+        j2p.for_writing(frame, ["id", "pad"], ["dt"]).write.partitionBy("dt").parquet(str(tmp_path / "o"))
+    assert spark.conf.get(j2p.ADVISORY_SIZE, None) == before
+    files = layout(tmp_path / "o")
+    assert files["dt=2024-05-02"] == 1 and files["dt=2024-05-01"] >= 3  # repartition(dt) writes 1 and 1
+    got = spark.read.parquet(str(tmp_path / "o")).select("id", F.col("dt").cast("string"), "pad")
+    assert_df_equality(got, frame, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_too_many_bad_records_fails_without_touching_the_output(spark, tmp_path):
