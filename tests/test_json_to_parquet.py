@@ -176,17 +176,22 @@ def test_rebuild_partitions_replaces_whole_event_partitions_the_input_touches(sp
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
 
 
-def test_a_big_day_is_written_by_several_tasks_of_about_the_target_size_and_a_small_one_by_one(spark, tmp_path):
-    rows = [(i, "2024-05-01" if i % 50 else "2024-05-02", "x" * 200) for i in range(8000)]
-    frame = spark.createDataFrame(rows, "id long, dt string, pad string").repartition(4)  # 4 map tasks
+def test_a_big_day_is_written_by_several_tasks_and_small_days_by_one_each(spark, tmp_path):
+    def day_rows(n: int, days: int, parts: int):
+        day = F.concat(F.lit("2024-05-0"), (F.col("id") % days + 1).cast("string"))
+        return spark.range(0, n, 1, parts).select("id", day.alias("dt"), F.sha2(F.col("id").cast("string"), 256)
+                                                   .alias("pad"))  # incompressible: AQE counts shuffle bytes
+
     before = spark.conf.get(j2p.ADVISORY_SIZE, None)
-    with j2p.advisory_size(spark, 128 * 1024):
-        j2p.for_writing(frame, ["id", "pad"], ["dt"]).write.partitionBy("dt").parquet(str(tmp_path / "o"))
+    big, small = day_rows(8000, 1, 4), day_rows(90, 3, 4)  # 4 map tasks each
+    with j2p.advisory_size(spark, 64 * 1024):
+        j2p.for_writing(big, ["id", "pad"], ["dt"]).write.partitionBy("dt").parquet(str(tmp_path / "big"))
+        j2p.for_writing(small, ["id", "pad"], ["dt"]).write.partitionBy("dt").parquet(str(tmp_path / "small"))
     assert spark.conf.get(j2p.ADVISORY_SIZE, None) == before
-    files = layout(tmp_path / "o")
-    assert files["dt=2024-05-02"] == 1 and files["dt=2024-05-01"] >= 3  # repartition(dt) writes 1 and 1
-    got = spark.read.parquet(str(tmp_path / "o")).select("id", F.col("dt").cast("string"), "pad")
-    assert_df_equality(got, frame, ignore_row_order=True, ignore_nullable=True)
+    assert layout(tmp_path / "big") == {"dt=2024-05-01": 4}  # repartition(dt) wrote 1
+    assert layout(tmp_path / "small") == {"dt=2024-05-01": 1, "dt=2024-05-02": 1, "dt=2024-05-03": 1}
+    got = spark.read.parquet(str(tmp_path / "big")).select("id", F.col("dt").cast("string"), "pad")
+    assert_df_equality(got, big, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_too_many_bad_records_fails_without_touching_the_output(spark, tmp_path):
