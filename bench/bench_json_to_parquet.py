@@ -56,6 +56,9 @@ def _session():
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.memory", "3g")
         .config("spark.sql.shuffle.partitions", "8")
+        # One read task per (unsplittable gzip) file, as on a cluster with many more input bytes per core:
+        # AQE splits a partition along map outputs, so the read's task count bounds the write's split.
+        .config("spark.sql.files.maxPartitionBytes", "1m")
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
