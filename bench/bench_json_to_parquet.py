@@ -1,8 +1,18 @@
-"""json_to_parquet vs a naive Spark job vs DuckDB on 1,000,000 Firehose-style records.
+"""json_to_parquet against the bare pipeline, and how a day's rows are split over write tasks.
 
-8 gzipped NDJSON files (a nested struct, an array, a 10-200 character text) are generated once into
-``.bench/json_to_parquet/input``; each engine converts them to Parquet partitioned by ``dt`` with the
-Spark session already warm. Set ``BENCH_JSON_RECORDS`` to change the size.
+Inputs (generated once into ``.bench/json_to_parquet/``, gzipped Firehose-style NDJSON with a nested
+struct, an array and a 10-200 character text): 1,000,000 records over seven event days in 8 files, and
+400,000 records of one event day in 16 files (``BENCH_JSON_RECORDS`` scales both). The Spark session is
+warm before anything is timed.
+
+1. Cost of the checks: the job (parse with the corrupt-record column, bad-record counts and quarantine,
+   unknown fields, batches, REBALANCE, dynamic overwrite) against the bare pipeline (read with the
+   schema -> the same event-day column -> the same REBALANCE -> partitioned Parquet, no checks), both at
+   the same target file size; ``--reread-input`` (no shuffle reuse) and DuckDB as reference lines.
+2. The write's split, with ``--target-file-size`` scaled down to the bench's data: tasks, files and the
+   largest task's share of the rows, for the job and for the former strategy (``repartition`` by the
+   partition column: every row of a day in one task), on the single-day and the seven-day input. A
+   file's name carries the number of the task that wrote it (``part-<task>-...``).
 """
 
 from __future__ import annotations
@@ -11,24 +21,26 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".bench" / "json_to_parquet"
-FILES = 8
+TARGET = 4 * 1024 * 1024  # bytes; the job's default is 256 MiB
 
 
-def _inputs(records: int) -> list[str]:
+def _inputs(records: int, files: int, days: int) -> list[str]:
     from s3lake.demo.json_to_parquet import write_firehose_files
 
-    src = WORK / f"input-{records}"
+    src = WORK / (f"input-{records}" if days == 7 else f"input-{records}-{days}d-{files}f")
     marker = src / "_COMPLETE"
     if not marker.exists():
         shutil.rmtree(src, ignore_errors=True)
         t0 = time.perf_counter()
-        write_firehose_files(str(src), records, FILES)
+        write_firehose_files(str(src), records, files, days=days)
         marker.write_text("ok")
-        print(f"generated {records:,} records in {time.perf_counter() - t0:.1f}s", flush=True)
+        print(f"generated {records:,} records ({days} days, {files} files) in {time.perf_counter() - t0:.1f}s",
+              flush=True)
     return sorted(str(p) for p in src.glob("*.json.gz"))
 
 
@@ -44,6 +56,9 @@ def _session():
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.memory", "3g")
         .config("spark.sql.shuffle.partitions", "8")
+        # One read task per (unsplittable gzip) file, as on a cluster with many more input bytes per core:
+        # AQE splits a partition along map outputs, so the read's task count bounds the write's split.
+        .config("spark.sql.files.maxPartitionBytes", "1m")
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
@@ -56,23 +71,32 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _run_job(spark, inputs: list[str], out: str, reuse: bool = True) -> None:
+def _schema():
     from s3lake.demo.json_to_parquet import SCHEMA_FILE
-    from s3lake.json_to_parquet import Options, convert, load_schema
+    from s3lake.json_to_parquet import load_schema
 
-    convert(spark, Options(inputs=inputs, output=out, schema=load_schema(str(SCHEMA_FILE)),
-                           timestamp_field="event_time", partition_by=["dt"], reuse_shuffle=reuse))
+    return load_schema(str(SCHEMA_FILE))
 
 
-def _run_naive(spark, inputs: list[str], out: str) -> None:
+def _run_job(spark, inputs: list[str], out: str, reuse: bool = True) -> None:
+    from s3lake.json_to_parquet import Options, convert
+
+    convert(spark, Options(inputs=inputs, output=out, schema=_schema(), timestamp_field="event_time",
+                           partition_by=["dt"], reuse_shuffle=reuse, target_file_size=TARGET))
+
+
+def _run_bare(spark, inputs: list[str], out: str, strategy: str = "rebalance") -> None:
+    """Read with the schema -> dt -> the write's shuffle -> partitioned Parquet; no checks."""
     from pyspark.sql import functions as F
+    from s3lake.json_to_parquet import _event_ts, advisory_size, rebalanced
 
-    df = spark.read.json(inputs)  # schema inference: a full extra pass over the data
-    num = F.col("event_time").cast("double")
-    ts = F.coalesce(
-        F.timestamp_seconds(F.when(num >= 1e11, num / 1000).otherwise(num)), F.to_timestamp("event_time")
-    )
-    df.withColumn("dt", F.date_format(ts, "yyyy-MM-dd")).write.mode("overwrite").partitionBy("dt").parquet(out)
+    schema = _schema()
+    df = spark.read.schema(schema).json(inputs)
+    df = df.withColumn("dt", F.date_format(_event_ts(F.col("event_time"), schema["event_time"].dataType),
+                                           "yyyy-MM-dd"))
+    with advisory_size(spark, TARGET):
+        df = rebalanced(df, ["dt"]) if strategy == "rebalance" else df.repartition("dt")
+        df.write.mode("overwrite").partitionBy("dt").parquet(out)
 
 
 def _run_duckdb(inputs: list[str], out: str) -> None:
@@ -100,33 +124,61 @@ def _run_duckdb(inputs: list[str], out: str) -> None:
     con.close()
 
 
+def split(out: Path) -> dict:
+    """Tasks, files, the largest task's share of the rows and the mean file size of a written dataset."""
+    import pyarrow.parquet as pq
+
+    rows: Counter = Counter()
+    files = sorted(out.rglob("*.parquet"))
+    for f in files:
+        rows[f.name.split("-")[1]] += pq.ParquetFile(f).metadata.num_rows
+    total = sum(rows.values())
+    size = sum(f.stat().st_size for f in files)
+    days = len({f.parent for f in files})
+    return {"tasks": len(rows), "files": len(files), "days": days, "largest": max(rows.values()) / total,
+            "mb": size / 2 ** 20, "file_mb": size / len(files) / 2 ** 20}
+
+
 def main() -> int:
     records = int(os.environ.get("BENCH_JSON_RECORDS", "1000000"))
-    inputs = _inputs(records)
+    week = _inputs(records, 8, 7)
+    day = _inputs(records * 2 // 5, 16, 1)
     out = WORK / "out"
     shutil.rmtree(out, ignore_errors=True)
     spark = _session()
     # Warm the JVM/JIT and the Python workers on a small slice before timing anything.
     warm = WORK / "warm"
-    _run_job(spark, inputs[:1], str(warm / "job"))
-    _run_naive(spark, inputs[:1], str(warm / "naive"))
-    results = {
-        "json_to_parquet": _timed(lambda: _run_job(spark, inputs, str(out / "job"))),
-        "j2p --reread-input": _timed(lambda: _run_job(spark, inputs, str(out / "job-reread"), reuse=False)),
-        "naive spark": _timed(lambda: _run_naive(spark, inputs, str(out / "naive"))),
-        "duckdb": _timed(lambda: _run_duckdb(inputs, str(out / "duckdb"))),
+    _run_job(spark, week[:1], str(warm / "job"))
+    _run_bare(spark, week[:1], str(warm / "bare"))
+    times = {
+        "json_to_parquet": _timed(lambda: _run_job(spark, week, str(out / "job"))),
+        "bare pipeline": _timed(lambda: _run_bare(spark, week, str(out / "bare"))),
+        "j2p --reread-input": _timed(lambda: _run_job(spark, week, str(out / "job-reread"), reuse=False)),
+        "duckdb": _timed(lambda: _run_duckdb(week, str(out / "duckdb"))),
     }
     rows = spark.read.parquet(str(out / "job")).count()
     if rows != records:
         print(f"json_to_parquet wrote {rows} rows, expected {records}", file=sys.stderr)
         return 1
-    print(f"{records:,} records, {FILES} gzipped NDJSON files, {os.cpu_count()} cores")
-    for name, secs in results.items():
-        print(f"  {name:18s} {secs:7.2f} s  {records / secs:12,.0f} records/s")
-    job = records / results["json_to_parquet"]
-    print(f"  json_to_parquet / duckdb      = {job / (records / results['duckdb']):.2f}x (target >= 0.5x)")
-    print(f"  json_to_parquet / naive spark = {job / (records / results['naive spark']):.2f}x")
-    print(f"  --reread-input / duckdb       = {results['duckdb'] / results['j2p --reread-input']:.2f}x")
+    _run_job(spark, day, str(out / "day-job"))
+    _run_bare(spark, day, str(out / "day-before"), strategy="repartition")
+    _run_bare(spark, week, str(out / "week-before"), strategy="repartition")
+
+    print(f"{records:,} records over 7 days, 8 gzipped NDJSON files, {os.cpu_count()} cores, local[2]")
+    for name, secs in times.items():
+        print(f"  {name:20s} {secs:7.2f} s  {records / secs:12,.0f} records/s")
+    print(f"  json_to_parquet / bare pipeline = {times['json_to_parquet'] / times['bare pipeline']:.2f}x time "
+          "(target <= 1.3x)")
+    print(f"  json_to_parquet / duckdb        = {times['json_to_parquet'] / times['duckdb']:.2f}x time (reference)")
+    print(f"write split, target file size {TARGET / 2 ** 20:.0f} MiB "
+          "(tasks / files / largest task's share of rows / mean file):")
+    cases = [("single day, job (REBALANCE)", "day-job"), ("single day, before (repartition)", "day-before"),
+             ("seven days, job (REBALANCE)", "job"), ("seven days, before (repartition)", "week-before")]
+    for name, sub in cases:
+        s = split(out / sub)
+        print(f"  {name:34s} {s['tasks']:3d} tasks {s['files']:3d} files ({s['days']} days) "
+              f"largest {s['largest']:6.1%}  {s['file_mb']:5.1f} MiB/file of {s['mb']:.0f} MiB "
+              f"(size / target = {s['mb'] * 2 ** 20 / TARGET:.1f})")
     shutil.rmtree(warm, ignore_errors=True)
     return 0
 

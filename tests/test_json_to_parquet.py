@@ -57,7 +57,7 @@ def write_input(directory: Path, name: str, lines, *, gz: bool = True) -> str:
 
 def options(tmp_path: Path, inputs, **kw) -> j2p.Options:
     base = dict(inputs=inputs, output=str(tmp_path / "out"), schema=SCHEMA, timestamp_field="ts",
-                partition_by=["dt"], max_bad_fraction=1.0)
+                partition_by=["dt"], max_bad_fraction=1.0, unknown_fields_sample=1)
     base.update(kw)
     return j2p.Options(**base)
 
@@ -101,6 +101,16 @@ def test_bad_rows_keep_their_raw_line_and_good_rows_do_not(spark):
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
 
 
+def test_unknown_fields_are_counted_in_a_deterministic_sample_of_the_records(spark):
+    lines = [f'{{"id":"{i}","ts":1714525200,"extra":{i}}}' for i in range(2000)]
+    first = j2p.parse_records(lines_df(spark, lines), SCHEMA, "ts", unknown_fields_sample=16)
+    counted = first.where(F.col(j2p.UNKNOWN).isNotNull())
+    assert 2000 / 16 * 0.7 < counted.count() < 2000 / 16 * 1.3
+    assert counted.where(F.col(j2p.UNKNOWN) != 1).count() == 0  # each counted record has its one extra field
+    again = j2p.parse_records(lines_df(spark, lines), SCHEMA, "ts", unknown_fields_sample=16)
+    assert_df_equality(again.where(F.col(j2p.UNKNOWN).isNotNull()), counted, ignore_row_order=True)
+
+
 def test_partition_columns_year_month_day_hour_in_utc(spark):
     df = j2p.parse_records(lines_df(spark, GOOD[2:3]), SCHEMA, "ts")
     got = j2p.with_partitions(df, ["year", "month", "day", "hour"]).select("year", "month", "day", "hour")
@@ -134,14 +144,19 @@ def test_writes_partitions_quarantines_bad_records_and_a_rerun_is_identical(spar
     assert first["input_records"] == 9 and first["bad_records"] == 5 and first["written_records"] == 4
     assert first["bad_by_reason"] == {j2p.BAD_MALFORMED: 3, j2p.BAD_TS_MISSING: 1, j2p.BAD_TS_UNPARSEABLE: 1}
     assert first["unknown_fields_ignored"] == 2 and first["records_with_unknown_fields"] == 1
-    # one record per file (--max-records-per-file 1): 2024-05-02 holds b and c; no empty files
-    assert files_first == {"dt=2024-05-01": 1, "dt=2024-05-02": 2, "dt=2024-05-03": 1} == layout(out)
+    assert first["records_checked_for_unknown_fields"] == 4
+    # one record per file (--max-records-per-file 1): 2024-05-02 holds b and c; no empty files. The input
+    # is not in the arrival layout: one batch, named by its --input arguments.
+    batch = "batch=" + first["batches"][0]
+    assert first["batches"] == [j2p.arrival_batches.input_batch_id(inputs)]
+    assert files_first == {f"dt=2024-05-01/{batch}": 1, f"dt=2024-05-02/{batch}": 2,
+                           f"dt=2024-05-03/{batch}": 1} == layout(out)
     assert spark.read.parquet(opts.output).orderBy("id").collect() == data_first
     assert [r["id"] for r in data_first] == ["a", "b", "c", "d"]
 
     bad_dir = Path(first["bad_records_path"])
-    assert bad_dir.parent == tmp_path / "out_bad_records"
-    bad = spark.read.json(str(bad_dir))
+    assert bad_dir == tmp_path / "out_bad_records" and [p.name for p in bad_dir.iterdir() if p.is_dir()] == [batch]
+    bad = spark.read.json(str(bad_dir)).drop("batch")
     expected = spark.createDataFrame(
         [(Path(inputs[0]).name, reason, raw) for raw, reason in zip(BAD, [j2p.BAD_MALFORMED] * 3 + [
             j2p.BAD_TS_MISSING, j2p.BAD_TS_UNPARSEABLE])],
@@ -151,14 +166,32 @@ def test_writes_partitions_quarantines_bad_records_and_a_rerun_is_identical(spar
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True, ignore_column_order=True)
 
 
-def test_overwrite_replaces_only_the_partitions_in_the_input(spark, tmp_path):
+def test_rebuild_partitions_replaces_whole_event_partitions_the_input_touches(spark, tmp_path):
     first = write_input(tmp_path / "in1", "x", GOOD[:2])    # 2024-05-01, 2024-05-02
-    j2p.convert(spark, options(tmp_path, [first]))
+    j2p.convert(spark, options(tmp_path, [first], mode=j2p.REBUILD_PARTITIONS))
     replacement = write_input(tmp_path / "in2", "y", ['{"id":"b2","ts":1714608000}'])  # 2024-05-02 only
-    j2p.convert(spark, options(tmp_path, [replacement]))
+    j2p.convert(spark, options(tmp_path, [replacement], mode=j2p.REBUILD_PARTITIONS))
     got = spark.read.parquet(str(tmp_path / "out")).select("id", F.col("dt").cast("string"))
     expected = spark.createDataFrame([("a", "2024-05-01"), ("b2", "2024-05-02")], "id string, dt string")
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_a_big_day_is_written_by_several_tasks_and_small_days_by_one_each(spark, tmp_path):
+    def day_rows(n: int, days: int, parts: int):
+        day = F.concat(F.lit("2024-05-0"), (F.col("id") % days + 1).cast("string"))
+        return spark.range(0, n, 1, parts).select("id", day.alias("dt"), F.sha2(F.col("id").cast("string"), 256)
+                                                   .alias("pad"))  # incompressible: AQE counts shuffle bytes
+
+    before = spark.conf.get(j2p.ADVISORY_SIZE, None)
+    big, small = day_rows(8000, 1, 4), day_rows(90, 3, 4)  # 4 map tasks each
+    with j2p.advisory_size(spark, 64 * 1024):
+        j2p.for_writing(big, ["id", "pad"], ["dt"]).write.partitionBy("dt").parquet(str(tmp_path / "big"))
+        j2p.for_writing(small, ["id", "pad"], ["dt"]).write.partitionBy("dt").parquet(str(tmp_path / "small"))
+    assert spark.conf.get(j2p.ADVISORY_SIZE, None) == before
+    assert layout(tmp_path / "big") == {"dt=2024-05-01": 4}  # repartition(dt) wrote 1
+    assert layout(tmp_path / "small") == {"dt=2024-05-01": 1, "dt=2024-05-02": 1, "dt=2024-05-03": 1}
+    got = spark.read.parquet(str(tmp_path / "big")).select("id", F.col("dt").cast("string"), "pad")
+    assert_df_equality(got, big, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_too_many_bad_records_fails_without_touching_the_output(spark, tmp_path):
@@ -187,7 +220,7 @@ def test_registers_glue_table_and_partitions(spark, tmp_path, glue, unique):
     meta = glue.get_table(DatabaseName=db, Name="events")["Table"]
     sd = meta["StorageDescriptor"]
     assert meta["TableType"] == "EXTERNAL_TABLE"
-    assert meta["PartitionKeys"] == [{"Name": "dt", "Type": "string"}]
+    assert meta["PartitionKeys"] == [{"Name": "dt", "Type": "string"}, {"Name": "batch", "Type": "string"}]
     assert sd["Location"] == opts.output + "/"
     assert sd["SerdeInfo"]["SerializationLibrary"] == "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
     assert sd["InputFormat"] == "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
@@ -198,10 +231,11 @@ def test_registers_glue_table_and_partitions(spark, tmp_path, glue, unique):
         {"Name": "tags", "Type": "array<string>"},
     ]
     parts = glue.get_partitions(DatabaseName=db, TableName="events")["Partitions"]
+    b = summary["batches"][0]
     assert sorted((p["Values"], p["StorageDescriptor"]["Location"]) for p in parts) == [
-        (["2024-05-01"], f"{opts.output}/dt=2024-05-01/"),
-        (["2024-05-02"], f"{opts.output}/dt=2024-05-02/"),
-        (["2024-05-03"], f"{opts.output}/dt=2024-05-03/"),
+        (["2024-05-01", b], f"{opts.output}/dt=2024-05-01/batch={b}/"),
+        (["2024-05-02", b], f"{opts.output}/dt=2024-05-02/batch={b}/"),
+        (["2024-05-03", b], f"{opts.output}/dt=2024-05-03/batch={b}/"),
     ]
     for part in parts:  # every registered partition location holds data
         assert list(Path(part["StorageDescriptor"]["Location"]).glob("*.parquet"))

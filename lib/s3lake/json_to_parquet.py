@@ -4,6 +4,16 @@ The pure steps (``parse_records``, ``with_partitions``, ``dedup``, ``for_writing
 ``DataFrame -> DataFrame``; ``convert`` does the I/O. Records are parsed once with the explicit
 schema (no inference); a row is bad when its JSON is broken, a value does not match the schema type
 (nested ones included), or its timestamp is missing or unparseable. Bad rows keep their raw line.
+
+Modes (``--mode``):
+
+- ``replace-batches`` (default): each event partition holds one ``batch=<id>`` sub-partition per input
+  batch (an arrival hour, see ``s3lake.arrival_batches``); a run replaces exactly its own batches with
+  dynamic partition overwrite, so a late record converted by the next hour's or day's run lands next to
+  the rows already there instead of replacing them.
+- ``rebuild-partitions``: replaces every event partition the input touches, whole (a backfill from all
+  the inputs of those partitions); layout without ``batch=``.
+- ``append``: adds files; a re-run duplicates.
 """
 
 from __future__ import annotations
@@ -11,14 +21,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import unquote
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from s3lake import glue_catalog
+from s3lake import arrival_batches, glue_catalog
+from s3lake.arrival_batches import BATCH_COLUMN
 from s3lake.committer import check_committer, committer_conflicts
 from s3lake.errors import ConfigError, S3LakeError
 
@@ -33,9 +47,25 @@ UNKNOWN = "_unknown_fields"
 INTERNAL = (CORRUPT, FILE, RAW, REASON, TS, UNKNOWN)
 
 PARTITION_FORMATS = {"dt": "yyyy-MM-dd", "year": "yyyy", "month": "MM", "day": "dd", "hour": "HH"}
-MODES = ("overwrite-partitions", "append")
+REPLACE_BATCHES = "replace-batches"
+REBUILD_PARTITIONS = "rebuild-partitions"
+APPEND = "append"
+MODES = (REPLACE_BATCHES, REBUILD_PARTITIONS, APPEND)
+# The committer guard's mode for "writes with dynamic partition overwrite" (both overwrite modes do).
+GUARD_DYNAMIC_OVERWRITE = "overwrite-partitions"
 # |epoch| at or above this is milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
 EPOCH_MS_THRESHOLD = 1e11
+
+DEFAULT_TARGET_FILE_SIZE = 256 * 1024 * 1024
+# AQE measures a partition in shuffle bytes (LZ4-compressed blocks of UnsafeRows). On the bench's
+# Firehose-style events they come to about the same as the rows' Snappy Parquet (the bench's splits put
+# the ratio between 0.6 and 1.3; not measured directly). Data that compresses differently gets files
+# off by that factor.
+SHUFFLE_BYTES_PER_PARQUET_BYTE = 1.0
+ADVISORY_SIZE = "spark.sql.adaptive.advisoryPartitionSizeInBytes"
+# Listing a record's top-level keys parses its line a second time (~75% more parse time, measured): by
+# default one record in this many (by a hash of its line, so re-runs agree) is checked for unknown fields.
+DEFAULT_UNKNOWN_FIELDS_SAMPLE = 64
 
 BAD_MALFORMED = "malformed-json-or-type-mismatch"
 BAD_TS_MISSING = "missing-timestamp"
@@ -43,6 +73,10 @@ BAD_TS_UNPARSEABLE = "unparseable-timestamp"
 
 class TooManyBadRecords(S3LakeError):
     """The share of bad records is above --max-bad-fraction; the output was not touched."""
+
+
+class NoInput(S3LakeError):
+    """--input matches no file; nothing was read, written or deleted."""
 
 
 @dataclass
@@ -55,11 +89,12 @@ class Options:
     table: str | None = None
     dedup_keys: list[str] = field(default_factory=list)
     max_records_per_file: int = 0
-    files_per_partition: int = 1
     bad_records: str | None = None
-    mode: str = "overwrite-partitions"
+    mode: str = REPLACE_BATCHES
     max_bad_fraction: float = 0.01
     reuse_shuffle: bool = True
+    target_file_size: int = DEFAULT_TARGET_FILE_SIZE
+    unknown_fields_sample: int = DEFAULT_UNKNOWN_FIELDS_SAMPLE
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -97,6 +132,21 @@ def parse_partition_by(text: str) -> list[str]:
     return parts
 
 
+def parse_size(text: str) -> int:
+    """``256m``, ``1g``, ``512k`` or a number of bytes."""
+    units = {"k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+    t = text.strip().lower().rstrip("b")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, IndexError):
+        raise ConfigError(f"--target-file-size {text!r}: use bytes or a size like 256m or 1g") from None
+
+
+def partition_columns(opts: Options) -> list[str]:
+    """The output's partition columns: ``--partition-by``, then ``batch`` when replacing batches."""
+    return list(opts.partition_by) + ([BATCH_COLUMN] if opts.mode == REPLACE_BATCHES else [])
+
+
 def validate(opts: Options) -> None:
     names = [f.name for f in opts.schema.fields]
     if opts.timestamp_field not in names:
@@ -105,18 +155,22 @@ def validate(opts: Options) -> None:
     if not isinstance(ts_type, (T.StringType, T.NumericType, T.TimestampType)):
         raise ConfigError(f"--timestamp-field {opts.timestamp_field!r} has type {ts_type.simpleString()}; "
                           "use string (ISO-8601 or epoch), a number (epoch s/ms) or timestamp")
-    clash = sorted(set(opts.partition_by) & {n.lower() for n in names})
+    clash = sorted(set(partition_columns(opts)) & {n.lower() for n in names})
     if clash:
         raise ConfigError(f"partition column(s) {clash} also exist in the schema")
     for key in opts.dedup_keys:
         if key not in names:
             raise ConfigError(f"--dedup-key {key!r} is not a top-level field of the schema")
-    if CORRUPT in names or any(n in INTERNAL for n in names):
+    if any(n in INTERNAL for n in names):
         raise ConfigError(f"the schema must not contain the reserved fields {', '.join(INTERNAL)}")
     if opts.mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}")
-    if opts.max_records_per_file < 0 or opts.files_per_partition < 1:
-        raise ConfigError("--max-records-per-file must be >= 0 and --files-per-partition >= 1")
+    if opts.max_records_per_file < 0:
+        raise ConfigError("--max-records-per-file must be >= 0")
+    if opts.unknown_fields_sample < 1:
+        raise ConfigError("--unknown-fields-sample must be >= 1 (1: check every record)")
+    if opts.target_file_size < 1024 * 1024:
+        raise ConfigError("--target-file-size must be at least 1 MiB")
     if not 0 <= opts.max_bad_fraction <= 1:
         raise ConfigError("--max-bad-fraction must be between 0 and 1")
 
@@ -150,31 +204,39 @@ def _unknown_keys(keys: Column, names: Sequence[str]) -> Column:
     )
 
 
-def parse_records(lines: DataFrame, schema: T.StructType, timestamp_field: str) -> DataFrame:
+def parse_records(lines: DataFrame, schema: T.StructType, timestamp_field: str,
+                  unknown_fields_sample: int = 1) -> DataFrame:
     """``value`` (one JSON document per line) [+ ``_input_file``] -> schema columns + bookkeeping.
 
     Adds ``_event_ts``, ``_bad_reason`` (null for good rows), ``_raw`` (the line, bad rows only) and
-    ``_unknown_fields`` (top-level keys not in the schema). Blank lines are skipped.
+    ``_unknown_fields`` (top-level keys not in the schema; null for the records outside the
+    1-in-``unknown_fields_sample`` sample). Blank lines are skipped; other columns of
+    ``lines`` are carried through.
     """
     names = [f.name for f in schema.fields]
     parse_schema = T.StructType(schema.fields + [T.StructField(CORRUPT, T.StringType())])
     options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
     if FILE not in lines.columns:
         lines = lines.withColumn(FILE, F.lit(None).cast("string"))
+    carried = [c for c in lines.columns if c != "value"]  # the input file, the batch
+    sampled = F.lit(True) if unknown_fields_sample <= 1 else (
+        F.pmod(F.xxhash64("value"), F.lit(unknown_fields_sample)) == 0)
     parsed = lines.where(F.length(F.trim("value")) > 0).select(
-        F.col(FILE),
+        *carried,
         F.col("value"),
         F.from_json("value", parse_schema, options).alias("r"),
-        F.json_object_keys("value").alias("_keys"),
+        # CASE WHEN evaluates its branch lazily: the records outside the sample are not parsed twice.
+        F.when(sampled, F.json_object_keys("value")).alias("_keys"),
+        sampled.alias("_sampled"),
     )
     ts_raw = F.col("r").getField(timestamp_field)
     staged = parsed.select(
         *[F.col("r").getField(n).alias(n) for n in names],
-        F.col(FILE),
+        *carried,
         F.col("value"),
         (F.col("r").isNull() | F.col("r").getField(CORRUPT).isNotNull()).alias("_malformed"),
         _event_ts(ts_raw, schema[timestamp_field].dataType).alias(TS),
-        _unknown_keys(F.col("_keys"), names).alias(UNKNOWN),
+        F.when(F.col("_sampled"), _unknown_keys(F.col("_keys"), names)).alias(UNKNOWN),
     )
     reason = (
         F.when(F.col("_malformed"), F.lit(BAD_MALFORMED))
@@ -205,43 +267,61 @@ def dedup(df: DataFrame, keys: Sequence[str], data_columns: Sequence[str]) -> Da
     return df.withColumn("_rn", F.row_number().over(w)).where("_rn = 1").drop("_rn")
 
 
-def write_keys(data_columns: Sequence[str], partition_by: Sequence[str], files_per_partition: int = 1) -> list[Column]:
-    """The shuffle keys of the write: the partition columns, plus a content hash salt when
-    ``files_per_partition`` > 1."""
-    keys = [F.col(p) for p in partition_by]
-    if files_per_partition > 1:
-        keys.append(F.pmod(F.xxhash64(*data_columns), F.lit(files_per_partition)))
-    return keys
+def rebalanced(df: DataFrame, columns: Sequence[str]) -> DataFrame:
+    """Rows of one partition value together, split by size: Spark's REBALANCE hint. With AQE the
+    shuffle's reader splits a partition above the advisory size along map outputs and merges small
+    ones, so a big day is written by several tasks of about that size and a small one by one task.
+    (The SQL form: pyspark 3.5's ``DataFrame.hint`` takes no column arguments.)"""
+    cols = ", ".join(f"`{c}`" for c in columns)
+    return df.sparkSession.sql(f"SELECT /*+ REBALANCE({cols}) */ * FROM {{df}}", df=df)
 
 
 def for_writing(
     df: DataFrame,
     data_columns: Sequence[str],
-    partition_by: Sequence[str],
-    files_per_partition: int = 1,
+    partition_columns: Sequence[str],
     *,
     partitioned: bool = False,
 ) -> DataFrame:
-    """Few large files: one shuffle by ``write_keys`` (skipped when ``partitioned``: ``df`` is already
-    split that way), sorted by the partition columns inside each task (the order the partitioned writer
-    needs anyway; ordering by event time as well cost ~8% of the job and its min/max statistics only
-    help when the timestamp column itself is uniformly typed)."""
+    """Rebalanced by the partition columns (skipped when ``partitioned``: ``df`` already is), sorted by
+    them inside each task (the order the partitioned writer needs anyway: one open file per task)."""
     if not partitioned:
-        df = df.repartition(*write_keys(data_columns, partition_by, files_per_partition))
-    return df.sortWithinPartitions(*partition_by).select(*data_columns, *partition_by)
+        df = rebalanced(df, partition_columns)
+    return df.sortWithinPartitions(*partition_columns).select(*data_columns, *partition_columns)
+
+
+@contextmanager
+def advisory_size(spark: SparkSession, target_file_size: int) -> Iterator[int]:
+    """AQE's advisory partition size set for the write's shuffle, and restored after: a session setting
+    (Spark 3.5 and 4.1 have no per-shuffle size; REBALANCE_BY_SIZE is newer)."""
+    size = int(target_file_size * SHUFFLE_BYTES_PER_PARQUET_BYTE)
+    if (spark.conf.get("spark.sql.adaptive.enabled", "true") or "").lower() != "true":
+        log.warning("spark.sql.adaptive.enabled=false: an event partition is written by one task whatever its size")
+    before = spark.conf.get(ADVISORY_SIZE, None)
+    spark.conf.set(ADVISORY_SIZE, str(size))
+    try:
+        yield size
+    finally:
+        if before is None:
+            spark.conf.unset(ADVISORY_SIZE)
+        else:
+            spark.conf.set(ADVISORY_SIZE, before)
 
 
 def shuffled_once(df: DataFrame) -> DataFrame:
     """``df`` (ending in a shuffle) as a DataFrame over its executed RDD: every action on the result
     reuses the one set of shuffle files, so the input is read and parsed once however many jobs follow.
 
-    Unlike ``persist`` nothing is copied into the block manager (caching parsed nested rows in the
-    columnar format cost more than the parse); unlike ``localCheckpoint`` lost shuffle output is
-    recomputed from the lineage.
+    Not public API (``queryExecution().toRdd()`` and ``internalCreateDataFrame`` through py4j); the
+    tests run it on both Spark lines s3lake supports (3.5 and 4.1). The public alternatives each cost
+    more or lose data safety: ``persist`` copies the parsed nested rows into the columnar cache (more
+    than the parse), ``localCheckpoint`` loses the rows with an executor (Spot nodes) and cannot
+    recompute them, parsing twice doubles the job. With AQE, ``toRdd`` runs the shuffle's map stage now
+    and the rows come back in the partitions AQE chose (the REBALANCE splits included).
     """
     spark = df.sparkSession
     jdf = df._jdf
-    rows = jdf.queryExecution().toRdd()  # with AQE this runs the shuffle map stage now
+    rows = jdf.queryExecution().toRdd()
     return DataFrame(spark._jsparkSession.internalCreateDataFrame(rows, jdf.schema(), False), spark)
 
 
@@ -258,42 +338,100 @@ def default_bad_records_path(output: str) -> str:
 
 
 def read_lines(spark: SparkSession, inputs: Sequence[str]) -> DataFrame:
-    return spark.read.text(list(inputs)).select("value", F.input_file_name().alias(FILE))
+    """``value`` and ``_input_file`` of every line of every file under ``inputs`` (directories are read
+    recursively); NoInput when a path or glob matches nothing."""
+    try:
+        df = spark.read.option("recursiveFileLookup", "true").text(list(inputs))
+    except AnalysisException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NoInput(f"--input {' '.join(inputs)} matches no file ({first}); nothing was written") from None
+    return df.select("value", F.input_file_name().alias(FILE))
+
+
+def list_files(spark: SparkSession, directories: Sequence[str]) -> list[str]:
+    """Every file Spark would read under ``directories`` (as ``inputFiles`` names them: URI-encoded)."""
+    if not directories:
+        return []
+    return spark.read.option("recursiveFileLookup", "true").text([unquote(d) for d in directories]).inputFiles()
+
+
+def plan_batches(spark: SparkSession, files: Sequence[str], inputs: Sequence[str]) -> dict[str, str]:
+    """Input file -> batch id, after checking that the run reads whole arrival hours."""
+    batches = arrival_batches.assign(files, inputs)
+    hours = arrival_batches.hour_dirs(files)
+    if hours:
+        arrival_batches.check_whole_hours(files, list_files(spark, hours))
+    return batches
+
+
+def with_batch(lines: DataFrame, batches: Mapping[str, str]) -> DataFrame:
+    """``lines`` plus the ``batch`` of each line's input file."""
+    ids = set(batches.values())
+    if len(ids) == 1:
+        return lines.withColumn(BATCH_COLUMN, F.lit(next(iter(ids))))
+    spark = lines.sparkSession
+    mapping = spark.createDataFrame(sorted(batches.items()), f"{FILE} string, {BATCH_COLUMN} string")
+    return lines.join(F.broadcast(mapping), FILE, "left")
 
 
 def convert(spark: SparkSession, opts: Options) -> dict[str, Any]:
-    """Run the conversion; returns the summary. Raises TooManyBadRecords before touching the output.
+    """Run the conversion; returns the summary. Raises NoInput, BatchError or TooManyBadRecords before
+    touching the output.
 
-    The input is read and parsed once, straight into the shuffle by the write's partition columns; the
-    counting job, the quarantine write and the output write all read that shuffle's files (see
-    ``shuffled_once``). With ``reuse_shuffle=False`` each of them reads and parses the input again.
+    The input is read and parsed once, straight into the write's shuffle (REBALANCE by the partition
+    columns); the counting job, the quarantine write and the output write all read that shuffle's files
+    (see ``shuffled_once``). With ``reuse_shuffle=False`` each of them reads and parses the input again.
     """
     validate(opts)
-    check_committer(spark, opts.mode)
+    check_committer(spark, GUARD_DYNAMIC_OVERWRITE if opts.mode in (REPLACE_BATCHES, REBUILD_PARTITIONS) else opts.mode)
     names = [f.name for f in opts.schema.fields]
-    records = with_partitions(parse_records(read_lines(spark, opts.inputs), opts.schema, opts.timestamp_field),
+    part_cols = partition_columns(opts)
+    lines = read_lines(spark, opts.inputs)
+    files = lines.inputFiles()
+    if not files:
+        raise NoInput(f"--input {' '.join(opts.inputs)} matches no file; nothing was written")
+    batches: dict[str, str] = {}
+    if opts.mode == REPLACE_BATCHES:
+        batches = plan_batches(spark, files, opts.inputs)
+        lines = with_batch(lines, batches)
+    records = with_partitions(parse_records(lines, opts.schema, opts.timestamp_field, opts.unknown_fields_sample),
                               opts.partition_by)
     if not opts.dedup_keys:
         # Only dedup orders good rows by event time and input file; otherwise the file is for the
         # quarantine: keep both out of the shuffle for the good rows.
         records = records.withColumn(FILE, F.when(F.col(REASON).isNotNull(), F.col(FILE))).drop(TS)
-    if opts.reuse_shuffle:
-        # Bad rows (null partition values) travel with the good ones: one shuffle, one parse.
-        records = shuffled_once(records.repartition(*write_keys(names, opts.partition_by, opts.files_per_partition)))
+    with advisory_size(spark, opts.target_file_size):
+        if opts.reuse_shuffle:
+            # Bad rows (null partition values) travel with the good ones: one shuffle, one parse.
+            records = shuffled_once(rebalanced(records, part_cols))
+        return _checked_write(opts, records, names, part_cols, files, batches)
+
+
+def _checked_write(opts: Options, records: DataFrame, names: list[str], part_cols: list[str],
+                   files: Sequence[str], batches: Mapping[str, str]) -> dict[str, Any]:
+    """The counts, the bad-record checks and quarantine, then the write and the Glue partitions."""
+    good_row = F.col(REASON).isNull()
     stats = records.agg(
         F.count(F.lit(1)).alias("total"),
         F.count(REASON).alias("bad"),
         F.sum(F.when(F.col(REASON) == BAD_MALFORMED, 1).otherwise(0)).alias("malformed"),
         F.sum(F.when(F.col(REASON) == BAD_TS_MISSING, 1).otherwise(0)).alias("ts_missing"),
         F.sum(F.when(F.col(REASON) == BAD_TS_UNPARSEABLE, 1).otherwise(0)).alias("ts_unparseable"),
-        F.sum(F.when(F.col(REASON).isNull(), F.col(UNKNOWN)).otherwise(0)).alias("unknown_fields"),
-        F.sum(F.when(F.col(REASON).isNull() & (F.col(UNKNOWN) > 0), 1).otherwise(0)).alias("drifted"),
-        F.collect_set(F.when(F.col(REASON).isNull(), F.struct(*opts.partition_by))).alias("partitions"),
+        F.sum(F.when(good_row, F.col(UNKNOWN)).otherwise(0)).alias("unknown_fields"),
+        F.sum(F.when(good_row & (F.col(UNKNOWN) > 0), 1).otherwise(0)).alias("drifted"),
+        F.count(F.when(good_row, F.col(UNKNOWN))).alias("checked"),
+        F.collect_set(F.when(good_row, F.struct(*part_cols))).alias("partitions"),
     ).first()
     total, bad = stats["total"], stats["bad"]
+    partitions = sorted(tuple(p) for p in stats["partitions"])
+    if batches and any(p[-1] is None for p in partitions):
+        raise RuntimeError("rows without a batch id: input_file_name() and inputFiles() disagree")
     bad_path = (opts.bad_records or default_bad_records_path(opts.output)).rstrip("/")
-    bad_dir = f"{bad_path}/input_id={input_id(opts.inputs)}"
+    # Per batch (dynamic overwrite of batch=...) or, outside batches, per input: a re-run replaces its own.
+    bad_dir = bad_path if batches else f"{bad_path}/input_id={input_id(opts.inputs)}"
     summary: dict[str, Any] = {
+        "mode": opts.mode,
+        "input_files": len(files),
         "input_records": total,
         "bad_records": bad,
         "bad_by_reason": {
@@ -303,26 +441,33 @@ def convert(spark: SparkSession, opts: Options) -> dict[str, Any]:
         },
         "unknown_fields_ignored": stats["unknown_fields"] or 0,
         "records_with_unknown_fields": stats["drifted"] or 0,
+        "records_checked_for_unknown_fields": stats["checked"] or 0,
         "bad_records_path": bad_dir if bad else None,
     }
+    if batches:
+        summary["batches"] = sorted(set(batches.values()))
     if bad:
-        (
-            records.where(F.col(REASON).isNotNull())
-            .select(F.col(FILE).alias("input_file"), F.col(REASON).alias("reason"), F.col(RAW).alias("record"))
-            .repartition(1)
-            .sortWithinPartitions("input_file", "record")
-            .write.mode("overwrite")
-            .json(bad_dir)
+        quarantine = (
+            records.where(~good_row)
+            .select(F.col(FILE).alias("input_file"), F.col(REASON).alias("reason"), F.col(RAW).alias("record"),
+                    *([BATCH_COLUMN] if batches else []))
         )
+        if batches:
+            (quarantine.repartition(BATCH_COLUMN).sortWithinPartitions(BATCH_COLUMN, "input_file", "record")
+             .write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy(BATCH_COLUMN)
+             .json(bad_dir))
+        else:
+            (quarantine.repartition(1).sortWithinPartitions("input_file", "record")
+             .write.mode("overwrite").json(bad_dir))
     if total and bad / total > opts.max_bad_fraction:
         raise TooManyBadRecords(
             f"{bad} of {total} records are bad ({bad / total:.2%} > --max-bad-fraction "
             f"{opts.max_bad_fraction:.2%}); they are in {bad_dir}; the output was not changed"
         )
-    good = records.where(F.col(REASON).isNull())
-    partitions = sorted(tuple(p) for p in stats["partitions"])
+    good = records.where(good_row)
     if opts.dedup_keys:
-        good = dedup(good, opts.dedup_keys, names)
+        # Within a batch only: a batch's rows must not depend on which other hours the run read.
+        good = dedup(good, opts.dedup_keys + ([BATCH_COLUMN] if batches else []), names)
         written = good.count()
     else:
         written = total - bad
@@ -334,100 +479,33 @@ def convert(spark: SparkSession, opts: Options) -> dict[str, Any]:
     )
     if written:
         # After dedup (a shuffle by the keys) the rows need the write's shuffle again.
-        out = for_writing(good, names, opts.partition_by, opts.files_per_partition,
-                          partitioned=opts.reuse_shuffle and not opts.dedup_keys)
-        writer = out.write.partitionBy(*opts.partition_by)
+        out = for_writing(good, names, part_cols, partitioned=opts.reuse_shuffle and not opts.dedup_keys)
+        writer = out.write.partitionBy(*part_cols)
         if opts.max_records_per_file:
             writer = writer.option("maxRecordsPerFile", opts.max_records_per_file)
-        if opts.mode == "overwrite-partitions":
+        if opts.mode == APPEND:
+            writer = writer.mode("append")
+        else:
             # The write option, not the session setting: other jobs keep static overwrite semantics.
             writer = writer.mode("overwrite").option("partitionOverwriteMode", "dynamic")
-        else:
-            writer = writer.mode("append")
         writer.parquet(opts.output)
     if opts.table and written:
-        glue_catalog.ensure_table(opts.table, opts.output, opts.schema, opts.partition_by)
+        glue_catalog.ensure_table(opts.table, opts.output, opts.schema, part_cols)
         summary["glue"] = glue_catalog.register_partitions(opts.table, opts.output, partitions)
         summary["table"] = opts.table
     return summary
 
 
-# ------------------------------------------------------------------------------------------- CLI
-
-
-def build_parser():
-    from s3lake.cli import parser
-
-    p = parser(
-        "json_to_parquet",
-        "NDJSON (gzip or plain) to Parquet partitioned by each record's own timestamp; bad records to a "
-        "quarantine; optionally registered in Glue.",
-    )
-    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, directories or globs")
-    p.add_argument("--output", required=True, metavar="PATH")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--schema", metavar="FILE", help="Spark StructType JSON, e.g. conf/schemas/NAME.json")
-    src.add_argument("--schema-table", metavar="DB.TABLE", help="take the columns of this Glue table")
-    p.add_argument("--partition-by", default="dt", help="dt (default), or year/month/day[/hour]")
-    p.add_argument("--timestamp-field", required=True, metavar="FIELD")
-    p.add_argument("--table", metavar="DB.TABLE", help="create/update this Glue table and its partitions")
-    p.add_argument("--dedup-key", default="", metavar="FIELD[,FIELD]")
-    p.add_argument("--max-records-per-file", type=int, default=0, metavar="N")
-    p.add_argument("--files-per-partition", type=int, default=1, metavar="N")
-    p.add_argument("--bad-records", metavar="PATH", help="default: <output>_bad_records")
-    p.add_argument("--mode", choices=MODES, default="overwrite-partitions")
-    p.add_argument("--max-bad-fraction", type=float, default=0.01, metavar="F",
-                   help="fail when more than this share of records is bad (default 0.01)")
-    p.add_argument("--reread-input", action="store_true",
-                   help="read and parse the input again for each step instead of reusing one shuffle")
-    return p
-
-
-def options_from_args(args: Any) -> Options:
-    schema = load_schema(args.schema) if args.schema else glue_catalog.schema_from_table(args.schema_table)
-    opts = Options(
-        inputs=list(args.input),
-        output=args.output,
-        schema=schema,
-        timestamp_field=args.timestamp_field,
-        partition_by=parse_partition_by(args.partition_by),
-        table=args.table,
-        dedup_keys=[k.strip() for k in args.dedup_key.split(",") if k.strip()],
-        max_records_per_file=args.max_records_per_file,
-        files_per_partition=args.files_per_partition,
-        bad_records=args.bad_records,
-        mode=args.mode,
-        max_bad_fraction=args.max_bad_fraction,
-        reuse_shuffle=not args.reread_input,
-    )
-    validate(opts)
-    return opts
-
-
-def cli_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point behind ``jobs/json_to_parquet.py`` (wrapped by ``s3lake.cli.run``)."""
-    from s3lake.spark import get_session
-
-    args = build_parser().parse_args(argv)
-    if args.schema:
-        load_schema(args.schema)  # fail on a bad schema file before starting Spark
-    spark = get_session("json_to_parquet")
-    opts = options_from_args(args)
-    summary = convert(spark, opts)
-    print(json.dumps({"json_to_parquet": summary}, sort_keys=True), flush=True)
-    return 0
-
-
 __all__ = [
+    "NoInput",
     "Options",
     "TooManyBadRecords",
-    "build_parser",
-    "cli_main",
     "committer_conflicts",
     "convert",
     "dedup",
     "for_writing",
     "load_schema",
     "parse_records",
+    "rebalanced",
     "with_partitions",
 ]

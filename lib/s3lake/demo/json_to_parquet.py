@@ -60,8 +60,9 @@ def _iso(ts_ms: int) -> str:
     )
 
 
-def write_firehose_file(path: str, n: int, seed: int, bad_every: int = 0) -> str:
-    """``n`` records as gzipped NDJSON; every ``bad_every``-th line is broken (0: none)."""
+def write_firehose_file(path: str, n: int, seed: int, bad_every: int = 0, days: int = 7) -> str:
+    """``n`` records over ``days`` event days as gzipped NDJSON; every ``bad_every``-th line is broken
+    (0: none)."""
     rng = random.Random(seed)
     tmp = f"{path}.tmp"
     with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as fh:
@@ -70,13 +71,14 @@ def write_firehose_file(path: str, n: int, seed: int, bad_every: int = 0) -> str
                 broken = '{"event_id": "broken", "event_time": ' if i % 2 else '{"event_id":"x","event_time":"soon"}'
                 fh.write(broken + "\n")
                 continue
-            fh.write(json.dumps(firehose_record(rng, i), separators=(",", ":")))
+            fh.write(json.dumps(firehose_record(rng, i, days), separators=(",", ":")))
             fh.write("\n")
     os.replace(tmp, path)
     return path
 
 
-def write_firehose_files(directory: str, records: int, files: int, *, seed: int = 7, bad_every: int = 0) -> list[str]:
+def write_firehose_files(directory: str, records: int, files: int, *, seed: int = 7, bad_every: int = 0,
+                         days: int = 7) -> list[str]:
     """``records`` split over ``files`` gzipped NDJSON files (two processes); returns the paths."""
     from concurrent.futures import ProcessPoolExecutor
 
@@ -84,18 +86,22 @@ def write_firehose_files(directory: str, records: int, files: int, *, seed: int 
     per = [records // files + (1 if k < records % files else 0) for k in range(files)]
     paths = [os.path.join(directory, f"firehose-{k:03d}.json.gz") for k in range(files)]
     with ProcessPoolExecutor(max_workers=min(files, os.cpu_count() or 1)) as pool:
-        list(pool.map(write_firehose_file, paths, per, [seed + k for k in range(files)], [bad_every] * files))
+        list(pool.map(write_firehose_file, paths, per, [seed + k for k in range(files)], [bad_every] * files,
+                      [days] * files))
     return paths
 
 
 def run(workdir: str, spark) -> None:
-    """Generate ~600 records in 3 files, convert them into a Glue table, print the summary."""
+    """Generate ~600 records in 3 files of one arrival hour, convert them into a Glue table (one batch
+    per arrival hour under each event day), print the summary."""
     from s3lake import glue_catalog
     from s3lake.json_to_parquet import Options, convert, load_schema
     from s3lake.testbed.seed import make_glue_database
 
     base = Path(workdir) / "json_to_parquet"
-    inputs = write_firehose_files(str(base / "incoming"), 600, 3, seed=11, bad_every=97)
+    # Firehose's arrival-time layout: one arrival hour's objects, events of the week before it.
+    inputs = write_firehose_files(str(base / "incoming" / "2024" / "05" / "08" / "00"), 600, 3, seed=11,
+                                  bad_every=97)
     make_glue_database("demo_lake")
     opts = Options(
         inputs=inputs,
@@ -112,5 +118,6 @@ def run(workdir: str, spark) -> None:
     print("json_to_parquet summary:")
     print(json.dumps(summary, indent=2, sort_keys=True))
     sd = table["StorageDescriptor"]
-    print(f"Glue table {opts.table}: location {sd['Location']}, {summary['partitions']} partitions, "
-          f"SerDe {sd['SerdeInfo']['SerializationLibrary']}")
+    keys = [k["Name"] for k in table["PartitionKeys"]]
+    print(f"Glue table {opts.table}: location {sd['Location']}, {summary['partitions']} partitions "
+          f"({'/'.join(keys)}), SerDe {sd['SerdeInfo']['SerializationLibrary']}")
