@@ -12,8 +12,9 @@ each Firehose arrival hour are a sub-partition ``batch=<hour>-<source hash>`` of
 a run replaces the batches of the hours it reads and nothing else, so hourly or daily runs over
 arrival-time prefixes keep every late record exactly once. Bad records go raw (with their input file and
 reason) to --bad-records; the job fails, leaving the output untouched, when more than
---max-bad-fraction of them are bad. Run on EMR with conf/emr-configurations.json (EMRFS S3-optimized
-committer and commit protocol). Exit status: 0 done, 2 bad input (one line; nothing written or deleted).
+--max-bad-fraction of them are bad. Run on EMR with the line's conf/emr-configurations-<line>.json (EMRFS
+S3-optimized committer on emr-7, S3A with EMR's commit protocol and the magic committer on emr-spark-8).
+Exit status: 0 done, 2 bad input (one line; nothing written or deleted).
 """
 
 from __future__ import annotations
