@@ -605,20 +605,21 @@ def test_sse_c_objects_are_skipped_from_the_inventory_or_from_s3s_400_never_fail
         "listed": (cip.SKIPPED_SSE_C, 0), "unlisted": (cip.SKIPPED_SSE_C, 1), "plain": (cip.COPIED, 3)}
 
 
-def test_a_past_retain_until_date_is_not_resent_on_the_copy(moto_server, unique, s3):
-    # (The legal hold is re-sent: test_a_past_retain_until_date_is_not_resent_but_the_legal_hold_is. Here
-    # none, because moto refuses any PUT with lock headers lacking Content-MD5, CopyObject included.)
+def test_a_past_retain_until_date_is_not_resent_on_the_copy_but_the_legal_hold_is(moto_server, unique, s3):
+    # The copy carries the legal-hold header without Content-MD5 (CopyObject has no payload): strict mode
+    # accepts it as S3 does (strict_s3._patch_copy_lock_checksum).
     import time
 
     bucket = f"cip-lock-{unique}"
     s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
     until = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
-    s3.put_object(Bucket=bucket, Key="k", Body=b"locked", ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=until)
+    s3.put_object(Bucket=bucket, Key="k", Body=b"locked", ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=until,
+                  ObjectLockLegalHoldStatus="ON")
     time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 1)
 
     row = process_one(bucket, "k", cip.Settings(run_id="lock"), s3)
 
     assert row["status"] == cip.COPIED, row["error_message"]
     after = object_state(bucket, "k")
-    assert (after["object_lock_mode"], after["object_lock_retain_until"], after["metadata"]) == (
-        None, None, {cip.MARKER: "lock"})
+    assert (after["object_lock_mode"], after["object_lock_retain_until"], after["legal_hold"], after["metadata"],
+            after["versions"]) == (None, None, "ON", {cip.MARKER: "lock"}, 2)

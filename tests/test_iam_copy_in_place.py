@@ -15,6 +15,7 @@ from s3lake import aws, results
 from s3lake import copy_in_place as cip
 from s3lake.testbed import iam
 from s3lake.testbed.inventory import inventory_row, write_inventory
+from s3lake.testbed.replication import replicate_everything
 from s3lake.testbed.scenarios import seed_rich_bucket
 from s3lake.testbed.seed import make_bucket, make_kms_key, object_state
 
@@ -24,6 +25,7 @@ MIB = 1024 * 1024
 # Statements for the EMR cluster itself, not for the job's requests: no local run can use them.
 EMR_ONLY = {"ReadLaunchArtifacts", "ListLaunchArtifacts", "WriteClusterLogs", "SparkGlueMetastoreDefaultDatabase",
             "ResultsObjects", "ResultsListing", "ResultsMultipartUploads"}
+RESULTS_TABLE = "iam_cip_results.copy_results"  # --results-table of the "plain" runs (RegisterResultsTable)
 
 
 def policy(data_bucket: str, inventory_bucket: str, kms_key_arn: str, table: str = "unused_db.unused_table") -> dict:
@@ -36,18 +38,20 @@ def policy(data_bucket: str, inventory_bucket: str, kms_key_arn: str, table: str
         "INVENTORY_BUCKET": inventory_bucket, "INVENTORY_PREFIX": "inventory",
         "DATA_BUCKET": data_bucket, "DATA_PREFIX": "", "DATA_KMS_KEY_ID": kms_key_arn.rsplit("/", 1)[-1],
         "RESULTS_BUCKET": "results-unused", "RESULTS_PREFIX": "results",
+        "RESULTS_DATABASE": RESULTS_TABLE.split(".")[0],
     })
 
 
 class Run:
     """One job run as a fresh principal: exit code, result rows by key, the server's audit."""
 
-    def __init__(self, spark, tmp, name: str, principal_policy: dict, *args) -> None:
+    def __init__(self, spark, tmp, name: str, principal_policy: dict, *args, run_id: str | None = None) -> None:
         audit = tmp / f"{name}.audit.jsonl"
         principal = iam.create_principal(principal_policy, audit=audit)
+        run_id = run_id or name
         with iam.acting_as(principal, spark):
-            self.code = job.main([*map(str, args), "--results", str(tmp / name), "--run-id", name])
-        self.rows = {r.key: r for r in results.read_run(spark, str(tmp / name), name).collect()}
+            self.code = job.main([*map(str, args), "--results", str(tmp / name), "--run-id", run_id])
+        self.rows = {r.key: r for r in results.read_run(spark, str(tmp / name), run_id).collect()}
         self.audit = iam.read_audit(audit)
         self.policy = principal_policy
 
@@ -58,7 +62,7 @@ class Run:
 def make_big(inv: str, u: str) -> tuple:
     """A versioned bucket with a ~12 MiB SSE-KMS object with tags and grants (multipart above 5 MiB)."""
     s3 = aws.s3()
-    big = make_bucket(f"iam-cip-mp-{u}", versioned=True)
+    big = replicate_everything(make_bucket(f"iam-cip-mp-{u}", versioned=True))
     kms = make_kms_key()
     s3.put_object(Bucket=big, Key="big/blob.bin", Body=bytes(range(256)) * (12 * MIB // 256 + 3),
                   Tagging="keep=me", ServerSideEncryption="aws:kms", SSEKMSKeyId=kms, Metadata={"m": "1"},
@@ -68,7 +72,8 @@ def make_big(inv: str, u: str) -> tuple:
 
 
 def make_plain(inv: str, u: str) -> tuple:
-    """An unversioned bucket: a tagged object with a grant, and an object deleted after the inventory."""
+    """An unversioned bucket (so no replication: --no-replication-check): a tagged object with a grant, and an
+    object deleted after the inventory; the run registers its results in Glue."""
     s3 = aws.s3()
     plain = make_bucket(f"iam-cip-plain-{u}")
     s3.put_object(Bucket=plain, Key="tagged.txt", Body=b"t", Tagging="a=1",
@@ -76,7 +81,8 @@ def make_plain(inv: str, u: str) -> tuple:
     s3.put_object(Bucket=plain, Key="deleted.txt", Body=b"soon gone")
     delivery = write_inventory(inv, plain, [inventory_row(s3, plain, k) for k in ("tagged.txt", "deleted.txt")])
     s3.delete_object(Bucket=plain, Key="deleted.txt")
-    return plain, delivery, policy(plain, inv, make_kms_key()), ()
+    return plain, delivery, policy(plain, inv, make_kms_key()), ("--no-replication-check",
+                                                                  "--results-table", RESULTS_TABLE)
 
 
 def make_locked(inv: str, u: str) -> tuple:
@@ -84,6 +90,7 @@ def make_locked(inv: str, u: str) -> tuple:
     s3 = aws.s3()
     locked = f"iam-cip-lock-{u}"
     s3.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)
+    replicate_everything(locked)
     until = (datetime.now(timezone.utc) + timedelta(days=30)).replace(microsecond=0)
     s3.put_object(Bucket=locked, Key="locked.txt", Body=b"keep", ObjectLockMode="GOVERNANCE",
                   ObjectLockRetainUntilDate=until, ObjectLockLegalHoldStatus="ON", ChecksumAlgorithm="SHA256")
@@ -104,6 +111,7 @@ def scenarios(inv, tmp_path_factory):
     """The rich bucket (Glue table) and one of each :data:`MAKERS`; their state before any run."""
     u = uuid.uuid4().hex[:10]
     rich = seed_rich_bucket(f"iam-cip-src-{u}", inventory_bucket=inv, table=f"iam_cip_{u}.inventory")
+    replicate_everything(rich.bucket)
     made = {name: make(inv, u) for name, make in MAKERS.items()}
     return {
         "tmp": tmp_path_factory.mktemp("iam-cip"),
@@ -124,6 +132,9 @@ def runs(spark, scenarios):
     for name in MAKERS:
         _, delivery, shipped, extra = scenarios[name]
         done[name] = Run(spark, tmp, name, shipped, "--inventory-manifest", delivery.manifest_url, *extra)
+    _, delivery, shipped, extra = scenarios["plain"]  # the same run again: its Glue partition is updated
+    done["plain_again"] = Run(spark, tmp, "plain_again", shipped, "--inventory-manifest", delivery.manifest_url,
+                              *extra, run_id="plain")
     return done
 
 
@@ -156,6 +167,15 @@ def test_the_shipped_policy_copies_an_unversioned_object_and_reports_a_deleted_o
     assert runs["plain"].statuses() == {"tagged.txt": (cip.COPIED, None), "deleted.txt": (cip.MISSING, None)}
     after = object_state(plain, "tagged.txt")
     assert (after["tags"], after["grants"]) == (before["tags"], before["grants"])
+    assert runs["plain_again"].statuses() == {"tagged.txt": (cip.ALREADY_COPIED, None),
+                                              "deleted.txt": (cip.MISSING, None)}
+
+
+def test_the_shipped_policy_registers_the_results_table_and_updates_it_on_a_rerun(runs, scenarios, glue):
+    database, table = RESULTS_TABLE.split(".")
+    parts = glue.get_partitions(DatabaseName=database, TableName=table)["Partitions"]
+    assert [(p["Values"], p["StorageDescriptor"]["Location"].rstrip("/")) for p in parts] == [
+        (["plain"], f"{scenarios['tmp'] / 'plain_again'}/run_id=plain")]
 
 
 def test_the_shipped_policy_keeps_object_lock_retention_and_legal_hold(runs, scenarios, s3):
@@ -178,7 +198,7 @@ def test_every_action_the_policy_grants_was_needed_by_a_request(runs, scenarios)
     used = set().union(*(iam.used_actions(run.audit) for run in runs.values()))
     granted = iam.granted_actions(scenarios["rich"][1])
     unused = {(sid, action) for sid, action in granted - used if sid not in EMR_ONLY}
-    # Only a failed multipart copy aborts (tests/test_iam_strict.py: AbortMultipartUpload needs exactly this action).
+    # Only failure paths abort: test_without_kms_decrypt_... shows the abort is allowed and happens.
     assert unused == {("CopyObjectsInPlace", "s3:AbortMultipartUpload")}
 
 
@@ -225,3 +245,12 @@ def test_without_the_data_bucket_listing_and_lock_reads_three_objects_each_end_w
                               "locked.txt": (cip.COPIED, None)}
     head = s3.head_object(Bucket=run.bucket, Key="locked.txt")
     assert "ObjectLockMode" not in head and head["ObjectLockLegalHoldStatus"] == "ON"
+
+
+def test_without_kms_decrypt_a_multipart_copy_fails_after_it_starts_and_its_upload_is_aborted(
+        spark, scenarios, inv, s3):
+    """CreateMultipartUpload needs kms:GenerateDataKey only; each UploadPartCopy needs kms:Decrypt."""
+    run = crippled(spark, scenarios, inv, "no_decrypt", "big", [("DataKmsKeys", "kms:Decrypt")])
+    assert run.statuses() == {"big/blob.bin": (cip.FAILED, "AccessDenied")}
+    assert ("CopyObjectsInPlace", "s3:AbortMultipartUpload") in iam.used_actions(run.audit)
+    assert s3.list_multipart_uploads(Bucket=run.bucket).get("Uploads", []) == []

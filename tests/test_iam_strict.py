@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from botocore.exceptions import ClientError
 from s3lake import aws
-from s3lake.testbed import iam
+from s3lake.testbed import iam, replication
 from s3lake.testbed.moto import DUMMY_CREDENTIALS, free_port
 from s3lake.testbed.process import LoopbackProcess
 from s3lake.testbed.seed import make_bucket, make_kms_key
@@ -215,14 +215,18 @@ def objects(moto_server, unique, s3):
     s3.put_object(Bucket=bucket, Key="kms", Body=b"x", ServerSideEncryption="aws:kms", SSEKMSKeyId=kms)
     upload = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
     etag = s3.upload_part(Bucket=bucket, Key="k", UploadId=upload, PartNumber=1, Body=b"p")["ETag"]
-    return bucket, version, kms, (upload, etag)
+    kms_upload = s3.create_multipart_upload(Bucket=bucket, Key="k", ServerSideEncryption="aws:kms",
+                                            SSEKMSKeyId=kms)["UploadId"]
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    replication.put_replication(bucket, [replication.rule("all")])
+    return bucket, version, kms, (upload, etag, kms_upload)
 
 
-def s3_calls(bucket: str, version: str, kms: str, owner: str = "", upload: tuple = ("", "")) -> list:
+def s3_calls(bucket: str, version: str, kms: str, owner: str = "", upload: tuple = ("", "", "")) -> list:
     b = f"arn:aws:s3:::{bucket}"
     o = f"{b}/k"
     until = datetime.now(timezone.utc) + timedelta(days=1)
-    upload, etag = upload
+    upload, etag, kms_upload = upload
     return [
         ("CompleteMultipartUpload", lambda c: c.complete_multipart_upload(
             Bucket=bucket, Key="k", UploadId=upload, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}),
@@ -280,7 +284,25 @@ def s3_calls(bucket: str, version: str, kms: str, owner: str = "", upload: tuple
          [("s3:PutObject", o), ("s3:PutObjectTagging", o), ("s3:PutObjectAcl", o), ("kms:GenerateDataKey", kms)]),
         ("CreateMultipartUpload KMS", lambda c: c.create_multipart_upload(
             Bucket=bucket, Key="k", ServerSideEncryption="aws:kms", SSEKMSKeyId=kms),
-         [("s3:PutObject", o), ("kms:GenerateDataKey", kms), ("kms:Decrypt", kms)]),
+         [("s3:PutObject", o), ("kms:GenerateDataKey", kms)]),
+        ("UploadPart into a KMS upload", lambda c: c.upload_part(
+            Bucket=bucket, Key="k", UploadId=kms_upload, PartNumber=1, Body=b"p"),
+         [("s3:PutObject", o), ("kms:Decrypt", kms)]),
+        ("UploadPartCopy of the current version, If-Match", lambda c: c.upload_part_copy(
+            Bucket=bucket, Key="k", UploadId=upload, PartNumber=4, CopySource={"Bucket": bucket, "Key": "k"},
+            CopySourceIfMatch="*"),
+         [("s3:PutObject", o), ("s3:GetObject", o)]),
+        ("CopyObject onto itself, current version, If-Match, tags copied", lambda c: c.copy_object(
+            Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "k"}, CopySourceIfMatch="*",
+            MetadataDirective="REPLACE", Metadata={"m": "2"}, RequestPayer="requester"),
+         [("s3:PutObject", o), ("s3:GetObject", o), ("s3:GetObjectTagging", o), ("s3:PutObjectTagging", o)]),
+        ("CopyObject onto itself, tags replaced", lambda c: c.copy_object(
+            Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "k"}, MetadataDirective="REPLACE",
+            Metadata={"m": "3"}, TaggingDirective="REPLACE", Tagging="b=2"),
+         [("s3:PutObject", o), ("s3:GetObject", o), ("s3:PutObjectTagging", o)]),
+        ("GetBucketVersioning", lambda c: c.get_bucket_versioning(Bucket=bucket), [("s3:GetBucketVersioning", b)]),
+        ("GetBucketReplication", lambda c: c.get_bucket_replication(Bucket=bucket),
+         [("s3:GetReplicationConfiguration", b)]),
         ("DeleteObject version", lambda c: c.delete_object(Bucket=bucket, Key="k", VersionId="nope"),
          [("s3:DeleteObjectVersion", o)]),
     ]

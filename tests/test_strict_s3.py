@@ -294,3 +294,27 @@ def test_a_retain_until_date_in_the_past_is_invalid_argument_only_in_strict_mode
     seen = each_server(servers, scenario)
     assert seen["plain"] == ["ok"] * 4
     assert seen["strict"] == [(400, "InvalidArgument"), (400, "InvalidArgument"), "ok", (400, "InvalidArgument")]
+
+
+# 7a. moto stricter than S3, undone in strict mode
+
+
+def test_a_copy_re_sending_lock_headers_needs_no_content_md5_in_strict_mode_as_in_s3(raw_writers, unique):
+    """CopyObject has no payload and no Content-MD5 parameter; moto still asks for one (API_CopyObject.html)."""
+    future = datetime.now(timezone.utc) + timedelta(days=1)
+
+    def scenario(s3, mode):
+        bucket = f"lock-copy-{mode}-{unique}"
+        s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+        s3.put_object(Bucket=bucket, Key="k", Body=b"x", ChecksumAlgorithm="CRC32")
+
+        def copy(**lock):
+            return outcome(lambda: s3.copy_object(Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "k"},
+                                                  MetadataDirective="REPLACE", Metadata={"m": str(len(lock))}, **lock))
+
+        return [copy(ObjectLockLegalHoldStatus="ON"),
+                copy(ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=future)]
+
+    seen = each_server(raw_writers, scenario)
+    assert seen["plain"] == [(400, "MissingUploadObjectWithObjectLockHeaders")] * 2
+    assert seen["strict"] == ["ok", "ok"]

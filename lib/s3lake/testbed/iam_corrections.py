@@ -21,7 +21,8 @@ For a principal this module, not moto, decides (moto's check is partial; every d
   (CopyObject's row lists all of them; tags copied from the source also need ``s3:GetObjectTagging`` on it:
   https://docs.aws.amazon.com/AmazonS3/latest/userguide/tagging-and-policies.html).
 * **SSE-KMS through S3**: reading an SSE-KMS object needs ``kms:Decrypt`` on its key, writing one
-  ``kms:GenerateDataKey``, a multipart upload both, each with ``kms:ViaService = s3.<region>.amazonaws.com``
+  ``kms:GenerateDataKey`` (CreateMultipartUpload too), each UploadPart / UploadPartCopy ``kms:Decrypt`` on the
+  upload's key (API_CreateMultipartUpload.html, Permissions), each with ``kms:ViaService = s3.<region>.amazonaws.com``
   (https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html#aws-managed-customer-managed-keys).
   moto checks no KMS permission at all.
 * **Resources**: moto authorizes Glue, SSM and KMS calls against ``*``, so a statement naming the table,
@@ -363,9 +364,26 @@ def s3_requirements(response: Any, bucket: str | None, key: str | None) -> list[
         kms_key = _s3_write_kms_key(response, bucket, account)
         if kms_key and not kms_key.startswith("alias/aws/"):
             needs.append(("kms:GenerateDataKey", _kms_arn(kms_key, region, account), via_s3))
-            if method == "POST":  # a multipart upload decrypts the data key for each part
-                needs.append(("kms:Decrypt", _kms_arn(kms_key, region, account), via_s3))
+    if part and "uploadId" in query:
+        # API_CreateMultipartUpload.html, Permissions: "kms:GenerateDataKey action for the CreateMultipartUpload
+        # API. Then, the requester needs permissions for the kms:Decrypt action on the UploadPart and
+        # UploadPartCopy APIs" (the upload's own key, whatever the copy source's).
+        kms_key = _upload_kms_key(account, bucket, query["uploadId"][0])
+        if kms_key and not kms_key.startswith("alias/aws/"):
+            needs.append(("kms:Decrypt", _kms_arn(kms_key, region, account), via_s3))
     return needs
+
+
+def _upload_kms_key(account: str, bucket: str, upload_id: str) -> str | None:
+    from moto.s3.models import s3_backends
+
+    try:
+        upload = s3_backends[account]["aws"].get_bucket(bucket).multiparts[upload_id]
+    except Exception:  # an unknown upload: S3 answers NoSuchUpload after authorization
+        return None
+    if upload.sse_encryption in ("aws:kms", "aws:kms:dsse"):
+        return upload.kms_key_id or "alias/aws/s3"
+    return None
 
 
 def _param(response: Any, path: str) -> str | None:
@@ -505,30 +523,6 @@ def _hide_from_principal(original: Any) -> Any:
     return key_response
 
 
-def _copy_needs_no_payload_checksum(original: Any) -> Any:
-    """CopyObject with Object Lock headers: no Content-MD5 / checksum needed (not IAM; see the module's end).
-
-    S3 asks for Content-MD5 or a checksum on writes that carry Object Lock headers because they carry a payload
-    (PutObject, UploadPart: https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-lock-managing.html);
-    CopyObject has none, yet moto refuses it with MissingUploadObjectWithObjectLockHeaders, which made a copy in
-    place of any locked object impossible to test.
-    """
-
-    def key_response_put(self: Any, query: dict, key_name: str) -> Any:
-        headers = self.headers
-        locked = any(headers.get(h) for h in LOCK_RETENTION_HEADERS + LOCK_LEGAL_HOLD_HEADERS)
-        if locked and headers.get("x-amz-copy-source") and "partNumber" not in query and not (
-                headers.get("Content-MD5") or headers.get("x-amz-sdk-checksum-algorithm")):
-            from werkzeug.datastructures import Headers
-
-            patched = Headers(headers)
-            patched["x-amz-sdk-checksum-algorithm"] = "CRC64NVME"  # read by moto's lock check only
-            self.headers = patched
-        return original(self, query, key_name)
-
-    return key_response_put
-
-
 _installed = False
 
 
@@ -543,6 +537,4 @@ def install() -> None:
     ActionAuthenticatorMixin._authenticate_and_authorize_action = _authorize(
         ActionAuthenticatorMixin._authenticate_and_authorize_action)
     S3Response._key_response = _hide_from_principal(S3Response._key_response)
-    # Not IAM, but it blocked the end-to-end test of s3:GetObjectRetention; belongs with strict mode's layer.
-    S3Response._key_response_put = _copy_needs_no_payload_checksum(S3Response._key_response_put)
     _installed = True

@@ -10,7 +10,8 @@ behaviour is one function below, citing the S3 page it emulates:
 4. CopyObject onto itself that changes nothing is 400 InvalidRequest;
 5. ACL writes on a BucketOwnerEnforced bucket are 400 AccessControlListNotSupported;
 6. CopyObject / UploadPartCopy copy-source conditions (412 PreconditionFailed);
-7. a retain-until date in the past is 400 InvalidArgument.
+7. a retain-until date in the past is 400 InvalidArgument;
+8. (moto stricter than S3, undone) CopyObject with Object Lock headers needs no Content-MD5 / checksum.
 
 Request checks run before moto handles a request (they answer with S3's error); checksum and SSE-C
 bookkeeping runs on moto's backend. Plain moto (``strict=False``) stays available.
@@ -588,6 +589,34 @@ CHECKS: tuple[Callable[[Request], None], ...] = (
 )
 
 
+def _patch_copy_lock_checksum(responses: Any) -> None:
+    """CopyObject with Object Lock headers: accepted without Content-MD5 / x-amz-sdk-checksum-algorithm.
+
+    S3 requires one of them "for any request to upload an object with a retention period configured using
+    Amazon S3 Object Lock" (API_PutObject.html, Content-MD5): a payload write. CopyObject has no payload and no
+    Content-MD5 parameter at all (https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html), yet moto
+    refuses it with MissingUploadObjectWithObjectLockHeaders: a copy in place of a locked object, legal hold
+    included, could not be tested. Strict mode must not be stricter than S3.
+    """
+    key_response_put = responses.S3Response._key_response_put
+    lock_headers = ("x-amz-object-lock-mode", "x-amz-object-lock-retain-until-date", "x-amz-object-lock-legal-hold")
+
+    @functools.wraps(key_response_put)
+    def copy_lock_without_checksum(self: Any, query: dict, key_name: str) -> Any:
+        headers = self.headers
+        if (headers.get("x-amz-copy-source") and "partNumber" not in query
+                and any(headers.get(h) for h in lock_headers)
+                and not (headers.get("Content-MD5") or headers.get("x-amz-sdk-checksum-algorithm"))):
+            from werkzeug.datastructures import Headers
+
+            patched = Headers(headers)
+            patched["x-amz-sdk-checksum-algorithm"] = "CRC64NVME"  # read by moto's lock check only
+            self.headers = patched
+        return key_response_put(self, query, key_name)
+
+    responses.S3Response._key_response_put = copy_lock_without_checksum
+
+
 def install() -> None:
     """Make this process's moto S3 strict (idempotent). Call before the server handles a request."""
     global _installed
@@ -598,6 +627,7 @@ def install() -> None:
 
         _patch_checksums(models, responses, utils)
         _patch_sse_c_headers(models)
+        _patch_copy_lock_checksum(responses)
         key_response = responses.S3Response._key_response
 
         @functools.wraps(key_response)
