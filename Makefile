@@ -1,5 +1,5 @@
 # s3lake: `make demo` runs the product end to end locally, `make test` passes the tests on both Spark lines.
-#   make test                  the suite on Spark 3.5 (.venv) and then on Spark 4.1 (.venv-spark4)
+#   make test                  the suite on Spark 3.5 (.venv) and on Spark 4.1 (.venv-spark4), side by side
 #   make test SPARK_LINE=4.1   one line only (3.5 = emr-7.x, 4.1 = emr-spark-8.1.x)
 PYTHON        ?= python3
 PYTHON_SPARK4 ?= $(PYTHON)
@@ -54,7 +54,11 @@ $(foreach line,$(LINES),$(eval $(call LINE_RULES,$(line))))
 
 install: $(addprefix install-,$(TEST_LINES))
 
-test: $(addprefix test-,$(TEST_LINES))
+# The lines run side by side (TEST_JOBS=1: one after the other): much of the suite waits on the emulated
+# S3 (rate limits, back-off, spark-submit start-up), so two lines on 2 cores take far less than twice one.
+TEST_JOBS ?= 2
+test: install
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target $(addprefix test-,$(TEST_LINES))
 
 test-fast: $(STAMP)
 	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m pytest -q -m "not slow"

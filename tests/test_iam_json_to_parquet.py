@@ -11,7 +11,6 @@ import json
 import uuid
 
 import pytest
-from botocore.exceptions import ClientError
 from s3lake import aws
 from s3lake.testbed import iam
 from s3lake.testbed.seed import make_glue_database
@@ -80,13 +79,16 @@ def test_no_request_was_denied_and_every_glue_action_granted_was_needed(shipped)
     assert unused == set()
 
 
-def test_without_the_schema_table_statement_the_run_stops_before_writing_anything(spark, catalog, tmp_path):
+def test_without_the_schema_table_statement_the_run_stops_before_writing_anything(spark, catalog, tmp_path,
+                                                                                    capsys):
     db, schema_db = catalog
     crippled = iam.without_statement(policy(db, "events", schema_db, "events_schema"), "GlueSchemaTable")
 
-    # Today the denial escapes as a traceback (see /work/notes/iam-findings.md); one line, exit 2 is the aim.
-    with pytest.raises((SystemExit, ClientError)):
-        run_as(spark, tmp_path, "nos", crippled, db, schema_db)
+    codes, _ = run_as(spark, tmp_path, "nos", crippled, db, schema_db)
+    assert codes == [2, 2]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"s3lake: error: --schema-table {schema_db}.events_schema: cannot read the Glue table: " \
+                      "AccessDeniedException"
 
     audit = iam.read_audit(tmp_path / "nos.audit.jsonl")
     assert {(d["action"], d["resource"].rsplit(":", 1)[-1]) for d in audit if not d["allowed"]} == {

@@ -154,9 +154,13 @@ def register_partitions(name: str, location: str, partitions: Iterable[Sequence[
 
 def schema_from_table(name: str) -> T.StructType:
     """The data columns (partition keys excluded) of a Glue table as a Spark schema."""
+    from botocore.exceptions import ClientError
     from pyspark.sql.types import _parse_datatype_string
 
-    meta = get_table(name)
+    try:
+        meta = get_table(name)
+    except ClientError as exc:  # e.g. AccessDeniedException: bad input, refused before anything is read
+        raise ConfigError(f"--schema-table {name}: cannot read the Glue table: {aws.error_code(exc)}") from exc
     if meta is None:
         raise ConfigError(f"--schema-table {name}: no such Glue table")
     cols = meta.get("StorageDescriptor", {}).get("Columns", [])
