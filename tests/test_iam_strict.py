@@ -354,7 +354,7 @@ def test_plain_moto_checks_other_actions_than_aws_for_the_jobs_calls(bed, s3, un
     s3.put_object(Bucket=bucket, Key="kms", Body=b"x", ServerSideEncryption="aws:kms", SSEKMSKeyId=kms)
     upload = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
     owner = f'id="{s3.get_bucket_acl(Bucket=bucket)["Owner"]["ID"]}"'
-    _, call, needs = next(c for c in s3_calls(bucket, version, kms, owner, (upload, "")) if c[0] == name)
+    _, call, needs = next(c for c in s3_calls(bucket, version, kms, owner, (upload, "", "")) if c[0] == name)
     documented = bed.principal({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": a, "Resource": r} for a, r in needs]}).client("s3")
     mapped = bed.principal(allow(*moto_actions)).client("s3")
