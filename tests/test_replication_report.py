@@ -69,6 +69,10 @@ def report_rows(spark, path, run_id):
         (("v2", T0, True, "v3", False, "COMPLETED", T0 - timedelta(minutes=1), True), rr.OVERWRITTEN),
         (("v2", T0, True, "v1", False, None, T0 - timedelta(days=9), False), rr.NOT_LISTED_YET),
         ((None, T0, True, None, False, "FAILED", T0, False), rr.FAILED),
+        # the version the copy replaced is still listed: taken before the copy, whatever the clocks say
+        (("v2", T0, True, "v1", False, None, T0, False, "v1"), rr.NOT_LISTED_YET),
+        # a write in the same second as the copy's end: S3's LastModified has whole seconds, not earlier
+        (("v2", T0 + timedelta(milliseconds=400), True, "v3", False, None, T0, False, "v1"), rr.OVERWRITTEN),
     ],
 )
 def test_inventory_outcome(args, expected):

@@ -78,15 +78,22 @@ def status_outcome(status: str | None) -> str:
 def inventory_outcome(copied_version: str | None, finished_at: datetime | None, listed: bool,
                       latest_version: str | None, latest_is_delete_marker: bool | None,
                       latest_status: str | None, latest_modified: datetime | None,
-                      ours_listed_not_latest: bool) -> str:
-    """The outcome of one copied object from what a later inventory lists for its key."""
+                      ours_listed_not_latest: bool, source_version: str | None = None) -> str:
+    """The outcome of one copied object from what a later inventory lists for its key.
+
+    ``source_version`` is the version the copy read: listed as latest, the inventory predates the copy.
+    Without it the listed LastModified decides, at S3's one-second resolution.
+    """
     if not listed or latest_is_delete_marker:
         return GONE
     if ours_listed_not_latest:
         return OVERWRITTEN
     if copied_version is None or latest_version is None or latest_version == copied_version:
         return status_outcome(latest_status)
-    if latest_modified is not None and finished_at is not None and latest_modified < finished_at:
+    if source_version is not None and latest_version == source_version:
+        return NOT_LISTED_YET  # the version our copy replaced: the inventory was taken before the copy
+    if latest_modified is not None and finished_at is not None and latest_modified < finished_at.replace(
+            microsecond=0):
         return NOT_LISTED_YET  # the listed version is older than our copy: listed before it
     return OVERWRITTEN
 
@@ -127,7 +134,7 @@ def copied_objects(spark: SparkSession, results_path: str, run_id: str) -> DataF
     if not present:
         raise ReportInputError(f"results at {results_path} hold no run {run_id!r}")
     return run.where(F.col("status") == COPIED).select(
-        "bucket", "key", "new_version_id", "size", "storage_class", "finished_at")
+        "bucket", "key", "version_id", "new_version_id", "size", "storage_class", "finished_at")
 
 
 def delivery_time(delivery_id: str) -> datetime | None:
@@ -170,7 +177,7 @@ def from_inventory(copied: DataFrame, inventory: DataFrame, run_id: str, checked
     ours = F.col("inv_version") == F.col("new_version_id")
     per_key = (
         copied.join(inv, ["bucket", "key"], "left")
-        .groupBy("bucket", "key", "new_version_id", "size", "storage_class", "finished_at")
+        .groupBy("bucket", "key", "version_id", "new_version_id", "size", "storage_class", "finished_at")
         .agg(
             F.max(F.col("inv_latest").isNotNull()).alias("listed"),
             F.max(F.when(latest, F.col("inv_version"))).alias("latest_version"),
@@ -183,7 +190,8 @@ def from_inventory(copied: DataFrame, inventory: DataFrame, run_id: str, checked
 
     def classify(r: Any) -> tuple:
         outcome = inventory_outcome(r.new_version_id, r.finished_at, bool(r.listed), r.latest_version,
-                                    r.latest_dm, r.latest_status, r.latest_modified, bool(r.ours_not_latest))
+                                    r.latest_dm, r.latest_status, r.latest_modified, bool(r.ours_not_latest),
+                                    source_version=r.version_id)
         return row(run_id, r.asDict(), outcome, r.latest_status, r.latest_version, checked_by, checked_at)
 
     return copied.sparkSession.createDataFrame(per_key.rdd.map(classify), SCHEMA)
