@@ -94,3 +94,17 @@ def glue(moto_server):
 def unique():
     """A short unique suffix for bucket/table names, so tests never share state in the server."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def hook():
+    """Register botocore event handlers on this process's cached clients; removed afterwards."""
+    registered = []
+
+    def add(client, event, handler):
+        client.meta.events.register(event, handler)
+        registered.append((client, event, handler))
+
+    yield add
+    for client, event, handler in registered:
+        client.meta.events.unregister(event, handler)

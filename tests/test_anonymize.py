@@ -343,20 +343,6 @@ def test_bad_rules_file_fails_before_any_object_is_read(moto_server, unique, tmp
 # ------------------------------------------------------------------------- conflicts, multipart, faults
 
 
-@pytest.fixture
-def hook():
-    """Register botocore event handlers on this process's cached clients; removed afterwards."""
-    registered = []
-
-    def add(client, event, handler):
-        client.meta.events.register(event, handler)
-        registered.append((client, event, handler))
-
-    yield add
-    for client, event, handler in registered:
-        client.meta.events.unregister(event, handler)
-
-
 def test_an_object_changed_between_read_and_write_is_a_conflict_and_keeps_the_other_write(moto_server, unique, s3,
                                                                                         hook):
     bucket = make_bucket(f"anon-conf-{unique}", versioned=True)

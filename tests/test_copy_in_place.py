@@ -438,20 +438,6 @@ def test_spark_submit_runs_the_job_end_to_end(rich, tmp_path, moto_server):
 # ------------------------------------------------------------------ S3's contract (strict mode)
 
 
-@pytest.fixture
-def hook():
-    """Register botocore event handlers on this process's cached clients; removed afterwards."""
-    registered = []
-
-    def add(client, event, handler):
-        client.meta.events.register(event, handler)
-        registered.append((client, event, handler))
-
-    yield add
-    for client, event, handler in registered:
-        client.meta.events.unregister(event, handler)
-
-
 def process_one(bucket, key, settings, s3):
     """One candidate through :func:`cip.process` in this process, described as the inventory would."""
     from s3lake.bucket_lookup import bucket_info
