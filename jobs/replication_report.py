@@ -6,10 +6,12 @@
 
 For every object the run COPIED: COMPLETED, PENDING, FAILED, NO_STATUS, GONE, OVERWRITTEN (a newer
 version replicates by itself) or NOT_LISTED_YET, from a later inventory delivery of the source bucket
-(no object requests) or, with ``--live``, one HEAD per object. Writes the report as Parquet beside the
-results (``<parent>/replication_report/run_id=ID``, or ``--report``), registers it in Glue with
+(no object requests) or, with ``--live``, one HEAD per object (UNCHECKED, with the error, when a HEAD
+fails for another reason than 404). Writes the report as Parquet beside the results
+(``<parent>/replication_report/run_id=ID``, or ``--report``), registers it in Glue with
 ``--results-table``, and prints a summary. The FAILED objects are what ``copy_in_place.py --from-report``
-copies again. Exit status: 0, 1 while any object is FAILED, 2 for bad input (nothing written).
+copies again. Exit status: 0, 1 while any object is FAILED or UNCHECKED, 2 for bad input (nothing
+written).
 """
 
 from __future__ import annotations
@@ -79,11 +81,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
     print(replication_report.format_summary(run_id, checked_by, counts, f"{report_path.rstrip('/')}/run_id={run_id}"),
           flush=True)
     failed = counts.get(replication_report.FAILED, 0)
+    unchecked = counts.get(replication_report.UNCHECKED, 0)
     if failed:
         print(f"s3lake: {failed} objects FAILED to replicate; copy them again with "
               f"copy_in_place.py --from-report {report_path.rstrip('/')}/run_id={run_id}", file=sys.stderr)
-        return 1
-    return 0
+    if unchecked:
+        print(f"s3lake: {unchecked} objects could not be checked (HEAD failed; the error column says why); "
+              "report again once that is fixed", file=sys.stderr)
+    return 1 if failed or unchecked else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

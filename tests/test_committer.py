@@ -25,7 +25,7 @@ def shipped(line: str) -> dict[str, str | None]:
 
 
 @pytest.mark.parametrize("line", sorted(LINES))
-@pytest.mark.parametrize("mode", ["overwrite-partitions", "append"])
+@pytest.mark.parametrize("mode", ["dynamic-overwrite", "append"])
 def test_each_shipped_configuration_is_a_safe_combination(line, mode):
     conf = shipped(line)
     assert c.s3_connector(conf) == LINES[line]
@@ -52,7 +52,7 @@ def test_emr_spark_8_uses_s3a_with_the_magic_commit_protocol():
 def test_unset_fs_s3_impl_is_s3a_the_default_since_emr_7_10():
     assert c.s3_connector({"fs.s3.impl": None}) == "s3a"
     conf = {**shipped("emr-spark-8"), "fs.s3.impl": None}
-    assert c.committer_conflicts(conf, on_emr=True, mode="overwrite-partitions") == []
+    assert c.committer_conflicts(conf, on_emr=True, mode="dynamic-overwrite") == []
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ def test_unset_fs_s3_impl_is_s3a_the_default_since_emr_7_10():
 )
 def test_settings_that_silently_disable_the_emrfs_committer_are_refused(setting):
     conf = {**shipped("emr-7"), **setting}
-    assert c.committer_conflicts(conf, on_emr=True, mode="overwrite-partitions")
+    assert c.committer_conflicts(conf, on_emr=True, mode="dynamic-overwrite")
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_settings_that_silently_disable_the_emrfs_committer_are_refused(setting)
         {"fs.s3.impl.disable.cache": "true"},
     ],
 )
-@pytest.mark.parametrize("mode", ["overwrite-partitions", "append"])
+@pytest.mark.parametrize("mode", ["dynamic-overwrite", "append"])
 def test_settings_that_leave_s3a_without_the_magic_committer_are_refused(setting, mode):
     conf = {**shipped("emr-spark-8"), **setting}
     problems = c.committer_conflicts(conf, on_emr=True, mode=mode)
@@ -99,13 +99,13 @@ def test_emr_7_line_switched_to_s3a_must_bring_the_magic_protocol_settings_along
 def test_append_on_emrfs_does_not_need_the_commit_protocol():
     conf = {**shipped("emr-7"), "spark.sql.sources.commitProtocolClass": None}
     assert c.committer_conflicts(conf, on_emr=True, mode="append") == []
-    assert c.committer_conflicts(conf, on_emr=True, mode="overwrite-partitions") == [
+    assert c.committer_conflicts(conf, on_emr=True, mode="dynamic-overwrite") == [
         f"spark.sql.sources.commitProtocolClass=None (need {c.EMR_COMMIT_PROTOCOL})"
     ]
 
 
 def test_off_emr_only_the_portable_checks_apply():
-    assert c.committer_conflicts({}, on_emr=False, mode="overwrite-partitions") == []
+    assert c.committer_conflicts({}, on_emr=False, mode="dynamic-overwrite") == []
     assert c.committer_conflicts({"spark.speculation": "true"}, on_emr=False, mode="append") == [
         "spark.speculation=true without the EMRFS S3-optimized committer"
     ]
@@ -117,7 +117,7 @@ def test_the_local_session_passes_and_is_left_untouched(spark):
     conf, on_emr = c.session_conf(spark)
     assert on_emr is False  # plain pyspark has none of EMR's commit classes
     assert set(conf) == set(c.COMMITTER_KEYS)
-    c.check_committer(spark, "overwrite-partitions")
+    c.check_committer(spark, "dynamic-overwrite")
     assert {k: spark.conf.get(k, None) for k in before} == before
 
 
@@ -125,11 +125,11 @@ def test_a_loadable_foreign_commit_protocol_is_refused_with_one_line(spark):
     spark.conf.set("spark.sql.sources.commitProtocolClass", FOREIGN_PROTOCOL)
     try:
         with pytest.raises(ConfigError, match=f"commitProtocolClass={FOREIGN_PROTOCOL}") as err:
-            c.check_committer(spark, "overwrite-partitions")
+            c.check_committer(spark, "dynamic-overwrite")
         assert "\n" not in str(err.value)
     finally:
         spark.conf.unset("spark.sql.sources.commitProtocolClass")
-    c.check_committer(spark, "overwrite-partitions")
+    c.check_committer(spark, "dynamic-overwrite")
 
 
 def test_json_to_parquet_keeps_calling_the_guard():

@@ -101,6 +101,15 @@ def test_bad_rows_keep_their_raw_line_and_good_rows_do_not(spark):
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
 
 
+
+def test_blank_and_whitespace_lines_are_skipped_and_other_lines_are_kept(spark):
+    lines = ["", "   ", "\t \t", GOOD[0], " " + GOOD[1], "[1, 2]", "null", BAD[2]]
+    got = j2p.parse_records(lines_df(spark, lines), SCHEMA, "ts").select("id", j2p.REASON)
+    expected = spark.createDataFrame(
+        [("a", None), ("b", None), (None, j2p.BAD_MALFORMED), (None, j2p.BAD_MALFORMED), (None, j2p.BAD_MALFORMED)],
+        f"id string, {j2p.REASON} string")
+    assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
 def test_unknown_fields_are_counted_in_a_deterministic_sample_of_the_records(spark):
     lines = [f'{{"id":"{i}","ts":1714525200,"extra":{i}}}' for i in range(2000)]
     first = j2p.parse_records(lines_df(spark, lines), SCHEMA, "ts", unknown_fields_sample=16)

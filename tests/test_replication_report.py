@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from s3lake import replication_report as rr
 from s3lake.testbed.inventory import inventory_row, write_inventory
+from s3lake.testbed.proxy import FaultPlan
 from s3lake.testbed.replication import replicate_everything
 from s3lake.testbed.seed import make_bucket
 
@@ -144,6 +145,24 @@ def test_live_report_makes_one_head_per_copied_object(spark, copied_run, s3, s3_
     got = report_rows(spark, results_path + "_live", "r1")
     assert {k: r.outcome for k, r in got.items()} == {
         **{k: rr.NO_STATUS for k in KEYS}, "gone": rr.GONE, "overwritten": rr.OVERWRITTEN}
+
+
+def test_a_head_refused_with_403_is_that_objects_unchecked_row_and_exit_1(spark, copied_run, s3, s3_proxy, capsys):
+    bucket, _, results_path, _ = copied_run
+    plan = FaultPlan(deny_keys="^(pending|early)$", deny_operations=frozenset({"HeadObject"}))
+    s3_proxy.configure(faults=plan)
+    try:
+        code = job.main(["--results", results_path, "--run-id", "r1", "--live", "--report",
+                         results_path + "_live403"])
+    finally:
+        s3_proxy.configure(faults=None)
+
+    assert code == 1
+    assert "2 objects could not be checked" in capsys.readouterr().err
+    got = report_rows(spark, results_path + "_live403", "r1")
+    assert {k: (r.outcome, r.error) for k, r in got.items()} == {
+        **{k: (rr.NO_STATUS, None) for k in KEYS},
+        "pending": (rr.UNCHECKED, "HeadObject 403 Forbidden"), "early": (rr.UNCHECKED, "HeadObject 403 Forbidden")}
 
 
 # ------------------------------------------------------------------------------------ bad input

@@ -46,6 +46,7 @@ COMMITTER_KEYS = (
     MAGIC_ENABLED,
 )
 CONNECTORS = ("emrfs", "s3a")
+DYNAMIC_OVERWRITE = "dynamic-overwrite"  # the write mode that needs EMR's commit protocol on EMRFS
 
 
 def _false(value: str | None) -> bool:
@@ -66,6 +67,9 @@ def s3_connector(conf: Mapping[str, str | None]) -> str:
 
 def committer_conflicts(conf: Mapping[str, str | None], *, on_emr: bool, mode: str) -> list[str]:
     """The settings in ``conf`` that would make the write skip EMR's S3 committers (empty: safe).
+
+    ``mode`` is how the write commits: ``dynamic-overwrite`` (dynamic partition overwrite, as
+    json_to_parquet's replace-batches and rebuild-partitions write) or ``append``.
 
     ``conf`` maps the keys in COMMITTER_KEYS to their effective values (None = unset); ``on_emr`` says
     whether EMR's commit classes are on the classpath (off EMR only the portable checks apply).
@@ -93,7 +97,7 @@ def committer_conflicts(conf: Mapping[str, str | None], *, on_emr: bool, mode: s
         committer = conf.get("spark.sql.parquet.output.committer.class")
         if committer and committer != EMR_PARQUET_COMMITTER:
             problems.append(f"spark.sql.parquet.output.committer.class={committer}")
-        if mode == "overwrite-partitions" and protocol != EMR_COMMIT_PROTOCOL:
+        if mode == DYNAMIC_OVERWRITE and protocol != EMR_COMMIT_PROTOCOL:
             problems.append(f"spark.sql.sources.commitProtocolClass={protocol} (need {EMR_COMMIT_PROTOCOL})")
         return problems
 

@@ -33,7 +33,7 @@ from pyspark.sql import types as T
 
 from s3lake import arrival_batches, glue_catalog
 from s3lake.arrival_batches import BATCH_COLUMN
-from s3lake.committer import check_committer, committer_conflicts
+from s3lake.committer import DYNAMIC_OVERWRITE, check_committer, committer_conflicts
 from s3lake.errors import ConfigError, S3LakeError
 
 log = logging.getLogger("s3lake.json_to_parquet")
@@ -52,7 +52,6 @@ REBUILD_PARTITIONS = "rebuild-partitions"
 APPEND = "append"
 MODES = (REPLACE_BATCHES, REBUILD_PARTITIONS, APPEND)
 # The committer guard's mode for "writes with dynamic partition overwrite" (both overwrite modes do).
-GUARD_DYNAMIC_OVERWRITE = "overwrite-partitions"
 # |epoch| at or above this is milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
 EPOCH_MS_THRESHOLD = 1e11
 
@@ -221,7 +220,9 @@ def parse_records(lines: DataFrame, schema: T.StructType, timestamp_field: str,
     carried = [c for c in lines.columns if c != "value"]  # the input file, the batch
     sampled = F.lit(True) if unknown_fields_sample <= 1 else (
         F.pmod(F.xxhash64("value"), F.lit(unknown_fields_sample)) == 0)
-    parsed = lines.where(F.length(F.trim("value")) > 0).select(
+    # A line that starts with "{" is not blank: only the others pay for the trim (it copies the line).
+    not_blank = F.col("value").startswith("{") | (F.length(F.expr("trim(BOTH ' \t\r' FROM value)")) > 0)
+    parsed = lines.where(not_blank).select(
         *carried,
         F.col("value"),
         F.from_json("value", parse_schema, options).alias("r"),
@@ -383,7 +384,7 @@ def convert(spark: SparkSession, opts: Options) -> dict[str, Any]:
     (see ``shuffled_once``). With ``reuse_shuffle=False`` each of them reads and parses the input again.
     """
     validate(opts)
-    check_committer(spark, GUARD_DYNAMIC_OVERWRITE if opts.mode in (REPLACE_BATCHES, REBUILD_PARTITIONS) else opts.mode)
+    check_committer(spark, DYNAMIC_OVERWRITE if opts.mode in (REPLACE_BATCHES, REBUILD_PARTITIONS) else opts.mode)
     names = [f.name for f in opts.schema.fields]
     part_cols = partition_columns(opts)
     lines = read_lines(spark, opts.inputs)
@@ -411,19 +412,20 @@ def _checked_write(opts: Options, records: DataFrame, names: list[str], part_col
                    files: Sequence[str], batches: Mapping[str, str]) -> dict[str, Any]:
     """The counts, the bad-record checks and quarantine, then the write and the Glue partitions."""
     good_row = F.col(REASON).isNull()
-    stats = records.agg(
-        F.count(F.lit(1)).alias("total"),
-        F.count(REASON).alias("bad"),
-        F.sum(F.when(F.col(REASON) == BAD_MALFORMED, 1).otherwise(0)).alias("malformed"),
-        F.sum(F.when(F.col(REASON) == BAD_TS_MISSING, 1).otherwise(0)).alias("ts_missing"),
-        F.sum(F.when(F.col(REASON) == BAD_TS_UNPARSEABLE, 1).otherwise(0)).alias("ts_unparseable"),
-        F.sum(F.when(good_row, F.col(UNKNOWN)).otherwise(0)).alias("unknown_fields"),
-        F.sum(F.when(good_row & (F.col(UNKNOWN) > 0), 1).otherwise(0)).alias("drifted"),
-        F.count(F.when(good_row, F.col(UNKNOWN))).alias("checked"),
-        F.collect_set(F.when(good_row, F.struct(*part_cols))).alias("partitions"),
-    ).first()
-    total, bad = stats["total"], stats["bad"]
-    partitions = sorted(tuple(p) for p in stats["partitions"])
+    # One small row per (partition, reason): a grouped count is cheaper than collecting a set of the
+    # partition values over every row, and the driver adds the few groups up.
+    groups = records.groupBy(*part_cols, REASON).agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.col(UNKNOWN)).alias("unknown_fields"),
+        F.count(F.when(F.col(UNKNOWN) > 0, 1)).alias("drifted"),
+        F.count(F.col(UNKNOWN)).alias("checked"),
+    ).collect()
+    good_groups = [g for g in groups if g[REASON] is None]
+    total = sum(g["n"] for g in groups)
+    bad = total - sum(g["n"] for g in good_groups)
+    by_reason = {reason: sum(g["n"] for g in groups if g[REASON] == reason)
+                 for reason in (BAD_MALFORMED, BAD_TS_MISSING, BAD_TS_UNPARSEABLE)}
+    partitions = sorted(tuple(g[c] for c in part_cols) for g in good_groups)
     if batches and any(p[-1] is None for p in partitions):
         raise RuntimeError("rows without a batch id: input_file_name() and inputFiles() disagree")
     bad_path = (opts.bad_records or default_bad_records_path(opts.output)).rstrip("/")
@@ -434,14 +436,10 @@ def _checked_write(opts: Options, records: DataFrame, names: list[str], part_col
         "input_files": len(files),
         "input_records": total,
         "bad_records": bad,
-        "bad_by_reason": {
-            BAD_MALFORMED: stats["malformed"] or 0,
-            BAD_TS_MISSING: stats["ts_missing"] or 0,
-            BAD_TS_UNPARSEABLE: stats["ts_unparseable"] or 0,
-        },
-        "unknown_fields_ignored": stats["unknown_fields"] or 0,
-        "records_with_unknown_fields": stats["drifted"] or 0,
-        "records_checked_for_unknown_fields": stats["checked"] or 0,
+        "bad_by_reason": by_reason,
+        "unknown_fields_ignored": sum(g["unknown_fields"] or 0 for g in good_groups),
+        "records_with_unknown_fields": sum(g["drifted"] for g in good_groups),
+        "records_checked_for_unknown_fields": sum(g["checked"] for g in good_groups),
         "bad_records_path": bad_dir if bad else None,
     }
     if batches:
