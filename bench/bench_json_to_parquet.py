@@ -2,8 +2,8 @@
 
 Inputs (generated once into ``.bench/json_to_parquet/``, gzipped Firehose-style NDJSON with a nested
 struct, an array and a 10-200 character text): 1,000,000 records over seven event days in 8 files, and
-400,000 records of one event day in 16 files (``BENCH_JSON_RECORDS`` scales both). The Spark session is
-warm before anything is timed.
+400,000 records of one event day in 16 files (``BENCH_JSON_RECORDS`` scales both). One untimed run
+of each pipeline on the whole input warms the JVM first.
 
 1. Cost of the checks: the job (parse with the corrupt-record column, bad-record counts and quarantine,
    unknown fields, batches, REBALANCE, dynamic overwrite) against the bare pipeline (read with the
@@ -84,6 +84,18 @@ def _jvm_cpu(spark) -> float | None:
     except (AttributeError, OSError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _shuffle_bytes(spark) -> int | None:
+    """Shuffle bytes written so far in this application, from Spark's status store (not public API:
+    a bench's measurement only); None where it cannot be read."""
+    try:
+        sc = spark.sparkContext
+        no_quantiles = sc._gateway.new_array(sc._gateway.jvm.double, 0)
+        stages = sc._jsc.sc().statusStore().stageList(None, False, False, no_quantiles, None)
+        return sum(stages.apply(i).shuffleWriteBytes() for i in range(stages.size()))
+    except Exception:  # noqa: BLE001 - py4j errors of another Spark version
+        return None
 
 
 def _measured(spark, fn) -> tuple[float, float | None]:
@@ -169,10 +181,11 @@ def main() -> int:
     out = WORK / "out"
     shutil.rmtree(out, ignore_errors=True)
     spark = _session()
-    # Warm the JVM/JIT and the Python workers on a small slice before timing anything.
+    # Warm the JVM (JIT, heap sizes) with one untimed run of each on the whole input: with only a slice,
+    # the first timed round still paid for warming up.
     warm = WORK / "warm"
-    _run_job(spark, week[:1], str(warm / "job"))
-    _run_bare(spark, week[:1], str(warm / "bare"))
+    _run_job(spark, week, str(warm / "job"))
+    _run_bare(spark, week, str(warm / "bare"))
     # Paired rounds in alternating order (job first, then bare first, ...): the JIT and the OS page cache
     # favour whichever runs second, and one pair on a shared machine says little. The ratios reported
     # are the medians of the rounds' ratios, in wall time and in the JVM's CPU time.
@@ -204,7 +217,9 @@ def main() -> int:
     if rows != records:
         print(f"json_to_parquet wrote {rows} rows, expected {records}", file=sys.stderr)
         return 1
+    before = _shuffle_bytes(spark)
     _run_job(spark, day, str(out / "day-job"))
+    after = _shuffle_bytes(spark)
     _run_bare(spark, day, str(out / "day-before"), strategy="repartition")
     _run_bare(spark, week, str(out / "week-before"), strategy="repartition")
 
@@ -231,6 +246,14 @@ def main() -> int:
         print(f"  {name:34s} {s['tasks']:3d} tasks {s['files']:3d} files ({s['days']} days) "
               f"largest {s['largest']:6.1%}  {s['file_mb']:5.1f} MiB/file of {s['mb']:.0f} MiB "
               f"(size / target = {s['mb'] * 2 ** 20 / TARGET:.1f})")
+    if before is not None and after is not None:
+        from s3lake.json_to_parquet import SHUFFLE_BYTES_PER_PARQUET_BYTE
+
+        parquet = split(out / "day-job")["mb"]
+        shuffled = (after - before) / 2 ** 20
+        print(f"  single day: the write's shuffle {shuffled:.1f} MiB for {parquet:.1f} MiB of Parquet = "
+              f"{shuffled / parquet:.2f} shuffle bytes per Parquet byte (the job assumes "
+              f"{SHUFFLE_BYTES_PER_PARQUET_BYTE})")
     shutil.rmtree(warm, ignore_errors=True)
     return 0
 
