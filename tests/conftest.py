@@ -77,6 +77,25 @@ def spark(moto_server):
 
 
 @pytest.fixture
+def proxy(s3_proxy):
+    """The session proxy, counts cleared; faults, limits and latency are always switched off afterwards."""
+    s3_proxy.configure(faults=None, limits=None, latency=0.0)
+    s3_proxy.reset()
+    yield s3_proxy
+    s3_proxy.configure(faults=None, limits=None, latency=0.0)
+
+
+@pytest.fixture(scope="module")
+def direct(moto_server):
+    """An S3 client on moto itself (past the proxy, its faults and limits): what tests seed and check with."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1",
+                        config=Config(max_pool_connections=16, retries={"mode": "standard", "total_max_attempts": 3}))
+
+
+@pytest.fixture
 def s3(moto_server):
     from s3lake import aws
 

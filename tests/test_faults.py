@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 from unittest import mock
 
-import boto3
 import pytest
-from botocore.config import Config
 from s3lake import anonymize as anon
 from s3lake import copy_in_place as cip
 from s3lake import results
@@ -61,15 +59,6 @@ def fault_plan(seed: int, **extra: Any) -> FaultPlan:
     return FaultPlan(seed=seed, operations=OBJECT_OPERATIONS, **RATES, **extra)
 
 
-@pytest.fixture
-def proxy(s3_proxy):
-    """The session proxy, counts cleared; faults and latency are always switched off afterwards."""
-    s3_proxy.configure(faults=None, latency=0.0)
-    s3_proxy.reset()
-    yield s3_proxy
-    s3_proxy.configure(faults=None, latency=0.0)
-
-
 @contextmanager
 def faulted(proxy, plan: FaultPlan, observed: dict | None = None) -> Iterator[None]:
     """Faults on inside the block; ``observed`` gets the request and fault counts of the block."""
@@ -82,13 +71,6 @@ def faulted(proxy, plan: FaultPlan, observed: dict | None = None) -> Iterator[No
         if observed is not None:
             observed["counts"] = proxy.counts()
             observed["faults"] = proxy.fault_counts()
-
-
-@pytest.fixture(scope="module")
-def direct(moto_server):
-    """An S3 client on moto itself (past the proxy): what the tests seed and check with."""
-    return boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1",
-                        config=Config(max_pool_connections=16, retries={"mode": "standard", "total_max_attempts": 3}))
 
 
 def pmap(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 8) -> list:

@@ -202,18 +202,24 @@ def test_a_secure_string_read_needs_the_parameter_arn_and_kms_decrypt_on_its_key
     assert got == ["OK", "AccessDeniedException", "AccessDeniedException"]
 
 
-# Every S3 call the jobs make, with the IAM actions the Service Authorization Reference lists for it.
-@pytest.fixture
-def objects(moto_server, unique, s3):
-    """An Object Lock (so versioned) bucket with ACLs enabled, a tagged object, an SSE-KMS one, an open upload."""
-    bucket = f"iam-calls-{unique}"
+def calls_bucket(s3, bucket: str) -> tuple[str, str, str]:
+    """An Object Lock (so versioned) bucket with ACLs enabled, a tagged object ``k``, an SSE-KMS object
+    ``kms`` and an open upload of ``k``: (the version of ``k``, the KMS key, the upload id)."""
     s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
     s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls={
         "Rules": [{"ObjectOwnership": "BucketOwnerPreferred"}]})
     version = s3.put_object(Bucket=bucket, Key="k", Body=b"x" * 10, Tagging="a=1")["VersionId"]
     kms = make_kms_key()
     s3.put_object(Bucket=bucket, Key="kms", Body=b"x", ServerSideEncryption="aws:kms", SSEKMSKeyId=kms)
-    upload = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    return version, kms, s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+
+
+# Every S3 call the jobs make, with the IAM actions the Service Authorization Reference lists for it.
+@pytest.fixture
+def objects(moto_server, unique, s3):
+    """``calls_bucket`` with a part uploaded, an SSE-KMS upload, versioning on and a replication rule."""
+    bucket = f"iam-calls-{unique}"
+    version, kms, upload = calls_bucket(s3, bucket)
     etag = s3.upload_part(Bucket=bucket, Key="k", UploadId=upload, PartNumber=1, Body=b"p")["ETag"]
     kms_upload = s3.create_multipart_upload(Bucket=bucket, Key="k", ServerSideEncryption="aws:kms",
                                             SSEKMSKeyId=kms)["UploadId"]
@@ -346,13 +352,7 @@ MOTO_CHECKS = [
 def test_plain_moto_checks_other_actions_than_aws_for_the_jobs_calls(bed, s3, unique, name, moto_actions,
                                                                      moto_refuses_documented):
     bucket = f"iam-moto-{unique}"
-    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
-    s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls={
-        "Rules": [{"ObjectOwnership": "BucketOwnerPreferred"}]})
-    version = s3.put_object(Bucket=bucket, Key="k", Body=b"x" * 10, Tagging="a=1")["VersionId"]
-    kms = make_kms_key()
-    s3.put_object(Bucket=bucket, Key="kms", Body=b"x", ServerSideEncryption="aws:kms", SSEKMSKeyId=kms)
-    upload = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    version, kms, upload = calls_bucket(s3, bucket)
     owner = f'id="{s3.get_bucket_acl(Bucket=bucket)["Owner"]["ID"]}"'
     _, call, needs = next(c for c in s3_calls(bucket, version, kms, owner, (upload, "", "")) if c[0] == name)
     documented = bed.principal({"Version": "2012-10-17", "Statement": [

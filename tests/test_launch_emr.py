@@ -17,7 +17,9 @@ import sys
 import tarfile
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -120,6 +122,18 @@ def printed_value(proc: subprocess.Popen, key: str, timeout: float = 90) -> str:
         if line.startswith(f"{key}:"):
             return line.split(":", 1)[1].strip()
     raise AssertionError(proc.stderr.read() if proc.poll() is not None else f"no {key} printed")
+
+
+@contextmanager
+def launched(args: list[str], env: dict) -> Iterator[subprocess.Popen]:
+    """launch_emr.sh running in the background with its output piped; killed if still running after."""
+    proc = subprocess.Popen([str(SCRIPT), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def dry_run_commands(stdout: str) -> list[list[str]]:
@@ -340,20 +354,13 @@ def test_dry_run_with_cluster_id_prints_add_steps(env, emr, bucket):
 def test_wait_fails_when_the_step_does_not_complete(env, emr, bucket, unique):
     """moto never finishes a step, so end the cluster under it: --wait must exit 1 and say where stderr is."""
     require_job("copy-in-place")
-    proc = subprocess.Popen(
-        [str(SCRIPT), "copy-in-place", "--artifacts", f"s3://{bucket}/rel", "--wait", "--tags", f"run={unique}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with launched(["copy-in-place", "--artifacts", f"s3://{bucket}/rel", "--wait", "--tags", f"run={unique}"],
+                  env) as proc:
         cluster_id = printed_value(proc, "cluster")
         time.sleep(1.5)  # let it poll at least once while the step is RUNNING
         assert proc.poll() is None
         emr.terminate_job_flows(JobFlowIds=[cluster_id])
         rest, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 1
     assert "is RUNNING" in err
     assert f"cluster {cluster_id} TERMINATED before step" in err
@@ -624,19 +631,12 @@ def test_serverless_wait_exits_0_on_success(env, serverless, bucket, app, venv_a
 
 def test_serverless_wait_exits_1_when_the_run_is_cancelled(env, serverless, bucket, app, venv_archive):
     require_job("copy-in-place")
-    proc = subprocess.Popen(
-        [str(SCRIPT), "copy-in-place", "--artifacts", f"s3://{bucket}/rel", "--serverless", app,
-         "--execution-role-arn", ROLE, "--venv-archive", str(venv_archive), "--wait"],
-        env={**env, "S3LAKE_POLL_SECONDS": "3"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with launched(["copy-in-place", "--artifacts", f"s3://{bucket}/rel", "--serverless", app,
+                   "--execution-role-arn", ROLE, "--venv-archive", str(venv_archive), "--wait"],
+                  {**env, "S3LAKE_POLL_SECONDS": "3"}) as proc:
         run_id = printed_value(proc, "job run")
         serverless.cancel_job_run(applicationId=app, jobRunId=run_id)  # before its first poll
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 1
     assert f"job run {run_id} CANCELLED" in err
     assert f"applications/{app}/jobs/{run_id}/SPARK_DRIVER/stderr.gz" in err

@@ -12,9 +12,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-import boto3
 import pytest
-from botocore.config import Config
 from s3lake import anonymize as anon
 from s3lake import copy_in_place as cip
 from s3lake.testbed.proxy import LimitPlan
@@ -37,21 +35,6 @@ from tests.test_faults import (
 )
 
 LIMITS = LimitPlan(scale=0.004)  # 14 writes/s, 22 reads/s per prefix
-
-
-@pytest.fixture(scope="module")
-def direct(moto_server):
-    """An S3 client on moto itself (past the proxy and its limits)."""
-    return boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1",
-                        config=Config(max_pool_connections=16, retries={"mode": "standard", "total_max_attempts": 3}))
-
-
-@pytest.fixture
-def proxy(s3_proxy):
-    s3_proxy.configure(faults=None, limits=None, latency=0.0)
-    s3_proxy.reset()
-    yield s3_proxy
-    s3_proxy.configure(faults=None, limits=None, latency=0.0)
 
 
 @contextmanager

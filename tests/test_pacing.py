@@ -149,8 +149,7 @@ def bucket(s3, unique):
 
 def test_a_stretch_of_100_percent_slowdown_is_waited_out_not_failed(moto_server, bucket):
     p = S3Proxy(moto_server)
-    url = p.start()
-    try:
+    with p as url:
         with pacing.task(pacing.PaceSettings(object_deadline=60)) as pacer:
             s3p = paced_client(url)
             p.configure(blackout=2.0)
@@ -158,30 +157,24 @@ def test_a_stretch_of_100_percent_slowdown_is_waited_out_not_failed(moto_server,
             assert s3p.head_object(Bucket=bucket, Key="a/k")["ContentLength"] == 1
             assert time.monotonic() - started >= 1.5
             snap = pacer.snapshot()
-    finally:
-        p.stop()
     assert snap["throttled"] >= 3 and snap["requests"] == snap["throttled"] + 1
     assert snap["waited"] > 1.0
 
 
 def test_past_the_deadline_the_throttling_error_surfaces(moto_server, bucket):
     p = S3Proxy(moto_server)
-    url = p.start()
-    try:
+    with p as url:
         with pacing.task(pacing.PaceSettings(object_deadline=0.5)):
             s3p = paced_client(url)
             p.configure(blackout=5.0)
             with pytest.raises(ClientError) as err:
                 s3p.get_object(Bucket=bucket, Key="a/k")
-    finally:
-        p.stop()
     assert err.value.response["Error"]["Code"] == "SlowDown"
 
 
 def test_a_once_client_leaves_an_unknown_outcome_to_its_caller(moto_server, bucket):
     p = S3Proxy(moto_server, faults=FaultPlan(internal_error=1.0, operations={"CopyObject"}))
-    url = p.start()
-    try:
+    with p as url:
         with pacing.task(pacing.PaceSettings()):
             once = pacing.install(boto3.client(
                 "s3", endpoint_url=url, region_name="us-east-1",
@@ -189,15 +182,12 @@ def test_a_once_client_leaves_an_unknown_outcome_to_its_caller(moto_server, buck
             with p.window() as w, pytest.raises(ClientError):
                 once.copy_object(Bucket=bucket, Key="a/k", CopySource={"Bucket": bucket, "Key": "a/k"},
                                  MetadataDirective="REPLACE")
-    finally:
-        p.stop()
     assert w.counts == {"CopyObject": 1}
 
 
 def test_the_rate_cap_holds_at_the_proxy_for_concurrent_threads(moto_server, bucket):
     p = S3Proxy(moto_server)
-    url = p.start()
-    try:
+    with p as url:
         with pacing.task(pacing.PaceSettings(requests_per_second=20.0)) as pacer:
             s3p = paced_client(url)
             p.reset_counts()
@@ -210,8 +200,6 @@ def test_the_rate_cap_holds_at_the_proxy_for_concurrent_threads(moto_server, buc
                 t.join()
             elapsed = time.monotonic() - started
             rows = p.per_second()
-    finally:
-        p.stop()
     assert sum(r[1] for r in rows) == 80
     assert elapsed >= 3.5  # 80 requests at 20/s
     assert max(r[1] for r in rows[1:-1] or rows) <= 20 + 2
@@ -220,15 +208,12 @@ def test_the_rate_cap_holds_at_the_proxy_for_concurrent_threads(moto_server, buc
 
 def test_under_a_prefix_limit_the_window_shrinks_and_every_request_gets_through(moto_server, bucket):
     p = S3Proxy(moto_server, limits=LimitPlan(scale=0.005))  # 27.5 reads/s on the prefix a/
-    url = p.start()
-    try:
+    with p as url:
         with pacing.task(pacing.PaceSettings(concurrency=16, object_deadline=60)) as pacer:
             s3p = paced_client(url)
             sizes = list(pacing.paced_map(lambda _: s3p.head_object(Bucket=bucket, Key="a/k")["ContentLength"],
                                           range(100), pacer))
             snap = pacer.snapshot()
-    finally:
-        p.stop()
     assert sizes == [1] * 100
     assert snap["throttled"] > 0 and snap["window"] < 16
 

@@ -499,8 +499,7 @@ def test_a_throttled_head_is_a_bodyless_503(moto_server, bucket, s3):
 
 def test_per_second_counts_and_limit_counts_show_every_s3_request(moto_server, bucket):
     p = S3Proxy(moto_server, limits=LimitPlan(scale=0.001, burst=1.0))
-    url = p.start()
-    try:
+    with p as url:
         s3p = client(url)
         for i in range(8):
             try:
@@ -509,8 +508,6 @@ def test_per_second_counts_and_limit_counts_show_every_s3_request(moto_server, b
                 pass
         counts = p.limit_counts()
         rows = p.per_second()
-    finally:
-        p.stop()
     assert counts[("write", "allowed")] + counts[("write", "throttled")] == 8
     assert counts[("write", "throttled")] >= 4
     assert sum(r[2] for r in rows) == 8 and sum(r[3] for r in rows) == counts[("write", "throttled")]
