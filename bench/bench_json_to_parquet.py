@@ -191,13 +191,14 @@ def main() -> int:
     # are the medians of the rounds' ratios, in wall time and in the JVM's CPU time.
     rounds = int(os.environ.get("BENCH_ROUNDS", "6"))
     pairs: list[tuple[tuple[float, float | None], tuple[float, float | None]]] = []
+
+    def job():
+        return _measured(spark, lambda: _run_job(spark, week, str(out / "job")))
+
+    def bare():
+        return _measured(spark, lambda: _run_bare(spark, week, str(out / "bare")))
+
     for i in range(rounds):
-        def job():
-            return _measured(spark, lambda: _run_job(spark, week, str(out / "job")))
-
-        def bare():
-            return _measured(spark, lambda: _run_bare(spark, week, str(out / "bare")))
-
         if i % 2 == 0:
             j = job()
             b = bare()

@@ -86,7 +86,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         print(f"s3lake: {failed} objects FAILED to replicate; copy them again with "
               f"copy_in_place.py --from-report {report_path.rstrip('/')}/run_id={run_id}", file=sys.stderr)
     if unchecked:
-        print(f"s3lake: {unchecked} objects could not be checked (HEAD failed; the error column says why); "
+        print(f"s3lake: {unchecked} objects could not be checked (HEAD failed; error_code and error_message say why); "
               "report again once that is fixed", file=sys.stderr)
     return 1 if failed or unchecked else 0
 

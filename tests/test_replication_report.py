@@ -147,22 +147,17 @@ def test_live_report_makes_one_head_per_copied_object(spark, copied_run, s3, s3_
         **{k: rr.NO_STATUS for k in KEYS}, "gone": rr.GONE, "overwritten": rr.OVERWRITTEN}
 
 
-def test_a_head_refused_with_403_is_that_objects_unchecked_row_and_exit_1(spark, copied_run, s3, s3_proxy, capsys):
-    bucket, _, results_path, _ = copied_run
-    plan = FaultPlan(deny_keys="^(pending|early)$", deny_operations=frozenset({"HeadObject"}))
-    s3_proxy.configure(faults=plan)
-    try:
-        code = job.main(["--results", results_path, "--run-id", "r1", "--live", "--report",
-                         results_path + "_live403"])
-    finally:
-        s3_proxy.configure(faults=None)
+def test_a_head_refused_with_403_is_that_objects_unchecked_row_and_exit_1(spark, copied_run, proxy, capsys):
+    _, _, results_path, _ = copied_run
+    proxy.configure(faults=FaultPlan(deny_keys="^(pending|early)$", deny_operations=frozenset({"HeadObject"})))
+    code = job.main(["--results", results_path, "--run-id", "r1", "--live", "--report", results_path + "_live403"])
 
     assert code == 1
     assert "2 objects could not be checked" in capsys.readouterr().err
     got = report_rows(spark, results_path + "_live403", "r1")
-    assert {k: (r.outcome, r.error) for k, r in got.items()} == {
-        **{k: (rr.NO_STATUS, None) for k in KEYS},
-        "pending": (rr.UNCHECKED, "HeadObject 403 Forbidden"), "early": (rr.UNCHECKED, "HeadObject 403 Forbidden")}
+    refused = (rr.UNCHECKED, "403", "An error occurred (403) when calling the HeadObject operation: Forbidden")
+    assert {k: (r.outcome, r.error_code, r.error_message) for k, r in got.items()} == {
+        **{k: (rr.NO_STATUS, None, None) for k in KEYS}, "pending": refused, "early": refused}
 
 
 # ------------------------------------------------------------------------------------ bad input

@@ -51,7 +51,6 @@ REPLACE_BATCHES = "replace-batches"
 REBUILD_PARTITIONS = "rebuild-partitions"
 APPEND = "append"
 MODES = (REPLACE_BATCHES, REBUILD_PARTITIONS, APPEND)
-# The committer guard's mode for "writes with dynamic partition overwrite" (both overwrite modes do).
 # |epoch| at or above this is milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
 EPOCH_MS_THRESHOLD = 1e11
 

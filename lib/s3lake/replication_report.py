@@ -11,7 +11,8 @@ Outcomes: ``COMPLETED``, ``PENDING``, ``FAILED`` (replication's own status of th
 ``NO_STATUS`` (the copy has no replication status: no rule took it), ``GONE`` (deleted since, or a
 delete marker is current), ``OVERWRITTEN`` (a newer version exists: it replicates by itself),
 ``NOT_LISTED_YET`` (the inventory listed the object before the copy: use a later delivery),
-``UNCHECKED`` (live only: the HEAD failed for another reason, e.g. 403; the ``error`` column says why).
+``UNCHECKED`` (live only: the HEAD failed for another reason, e.g. 403; ``error_code`` and
+``error_message`` say why, as in the results).
 S3 Inventory's ReplicationStatus field: https://docs.aws.amazon.com/AmazonS3/latest/userguide/storage-inventory.html;
 HEAD's x-amz-replication-status: https://docs.aws.amazon.com/AmazonS3/latest/userguide/replication-status.html.
 """
@@ -53,7 +54,8 @@ SCHEMA = T.StructType([
     T.StructField("current_version_id", T.StringType()),
     T.StructField("checked_by", T.StringType()),  # "inventory <delivery id>" or "live"
     T.StructField("checked_at", T.TimestampType()),
-    T.StructField("error", T.StringType()),  # UNCHECKED: why the HEAD failed
+    T.StructField("error_code", T.StringType()),  # UNCHECKED: why the HEAD failed, as in the results
+    T.StructField("error_message", T.StringType()),
 ])
 FIELDS = SCHEMA.fieldNames()
 
@@ -115,12 +117,13 @@ def live_outcome(head: Mapping[str, Any] | None, copied_version: str | None, run
 
 
 def row(run_id: str, copied: Mapping[str, Any], outcome: str, status: str | None, current: str | None,
-        checked_by: str, checked_at: datetime, error: str | None = None) -> tuple:
+        checked_by: str, checked_at: datetime, error: BaseException | None = None) -> tuple:
     values = {"run_id": run_id, "bucket": copied["bucket"], "key": copied["key"],
               "version_id": copied.get("new_version_id"), "size": copied.get("size"),
               "storage_class": copied.get("storage_class"), "outcome": outcome, "replication_status": status,
               "current_version_id": current, "checked_by": checked_by, "checked_at": checked_at,
-              "error": error}
+              "error_code": aws.error_code(error) if error else None,
+              "error_message": str(error) if error else None}
     return tuple(values[f] for f in FIELDS)
 
 
@@ -204,14 +207,6 @@ def from_inventory(copied: DataFrame, inventory: DataFrame, run_id: str, checked
 # ------------------------------------------------------------------------------------ live
 
 
-def head_error(exc: BaseException) -> str:
-    """One line for the report's ``error`` column: the code and, when S3 gave one, the message."""
-    code = aws.error_code(exc)
-    message = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Message") or "")
-    text = f"HeadObject {code}" + (f" {message}" if message and message != code else "")
-    return text[:500]
-
-
 def head_now(bucket: str, key: str) -> dict[str, Any] | None:
     """HEAD of the current version; None for 404. Other errors (after the client's retries) raise."""
     try:
@@ -230,7 +225,7 @@ def live_partition(rows: Iterable[Any], run_id: str, concurrency: int, checked_a
         try:
             head = head_now(c["bucket"], c["key"])
         except Exception as exc:  # noqa: BLE001 - one object's error is that object's row, not the run's end
-            return row(run_id, c, UNCHECKED, None, None, "live", checked_at, head_error(exc))
+            return row(run_id, c, UNCHECKED, None, None, "live", checked_at, error=exc)
         outcome = live_outcome(head, c.get("new_version_id"), run_id)
         status = head.get("ReplicationStatus") if head else None
         current = head.get("VersionId") if head else None
