@@ -36,12 +36,12 @@ endif
 # $(1): a Spark line. Its venv gets an editable s3lake with that line's extras (again when setup.py
 # changes); pyspark 4.1 needs Python >= 3.10.
 define LINE_RULES
-$(VENV_$(1))/.installed: setup.py
+$(VENV_$(1))/.installed: setup.py testbed/setup.py
 	@$(PYTHON_$(1)) -c 'import sys; sys.exit(sys.version_info < $(MINPY_$(1)))' || \
 	  { echo "Spark $(1) needs Python >= $(MINPY_$(1)): set $(PYVAR_$(1))" >&2; exit 2; }
 	$(PYTHON_$(1)) -m venv $(VENV_$(1))
 	$(VENV_$(1))/bin/python -m pip install --quiet --upgrade pip
-	$(VENV_$(1))/bin/python -m pip install --quiet -e '.[$(EXTRAS_$(1))]'
+	$(VENV_$(1))/bin/python -m pip install --quiet -e '.[$(EXTRAS_$(1))]' -e ./testbed
 	touch $$@
 
 install-$(1): $(VENV_$(1))/.installed
@@ -64,14 +64,14 @@ test-fast: $(STAMP)
 	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m pytest -q -m "not slow"
 
 check: $(STAMP)
-	$(VENV)/bin/ruff check lib jobs tests bench
+	$(VENV)/bin/ruff check lib testbed jobs tests bench
 	shellcheck launch_emr.sh bootstrap/*.sh .ci/run
 
 demo: $(STAMP)
-	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m s3lake.demo
+	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m s3lake_testbed.demo
 
 bench: $(STAMP)
 	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m bench
 
 clean:
-	rm -rf $(VENV_3.5) $(VENV_4.1) .pytest_cache .ruff_cache .demo .bench build *.egg-info lib/*.egg-info
+	rm -rf $(VENV_3.5) $(VENV_4.1) .pytest_cache .ruff_cache .demo .bench build *.egg-info lib/*.egg-info testbed/*.egg-info

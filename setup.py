@@ -13,13 +13,11 @@ RUNTIME = [
 # pyarrow>=15 (pyspark 4.1's own minimums).
 SPARK_3_5 = ["pyspark>=3.5,<3.6"]
 SPARK_4_1 = ["pyspark>=4.1,<4.2", "pandas>=2.2", "pyarrow>=15"]
+# The test bed (testbed/: moto[server], the proxy, seeds, the demo) is installed beside these by
+# `make install` (pip install -e testbed); it is not on PyPI, so no extra can name it.
 TEST = [
     "pytest>=7",
     "chispa>=0.9",
-    # Pinned: the test bed patches moto's internals (s3lake.testbed.strict_s3, iam_corrections) and its
-    # tests record what plain moto lacks; moto 5.2.6 changed plain moto's IAM (test_iam_strict's plain
-    # cases). Move the pin on purpose, with those tests.
-    "moto[server]==5.2.5",
     "ruff>=0.4",
     "awscli>=1.32",  # launch_emr.sh's tests run the real AWS CLI (emr, emr-serverless) against moto
     "wheel>=0.40",  # launch_emr.sh builds the s3lake wheel offline
@@ -30,6 +28,7 @@ setup(
     version="0.1.0",
     description="PySpark batch jobs that keep an S3 data lake healthy (EMR, tested locally).",
     package_dir={"": "lib"},
+    # lib/ holds the product only: the test bed (moto, proxy, demo) is testbed/, a distribution of its own.
     packages=find_packages("lib"),
     python_requires=">=3.9",
     install_requires=RUNTIME,

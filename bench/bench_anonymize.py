@@ -2,7 +2,7 @@
 
 The baseline (per object, sequentially inside each of 2 Spark partitions): GET the whole body,
 json.loads/json.dumps every line setting ``file_contents`` to "", PUT with ``Tagging=PROCESSED=True``.
-The job runs through :func:`s3lake.anonymize.run` (results written, as in production) with the shipped
+The job runs through :func:`s3lake.anonymize.job.run` (results written, as in production) with the shipped
 ``conf/anonymize/file-contents.json``. Each side gets its own copy of the data (``base/`` and ``job/``).
 
 Targets: >= 5x the baseline's objects/s on the small objects, >= the baseline's MB/s on the large one,
@@ -70,7 +70,7 @@ def _large_file(path: Path, megabytes: int) -> Path:
 
 def _seed(small: int, large: Path) -> None:
     from s3lake import aws
-    from s3lake.testbed.seed import make_bucket
+    from s3lake_testbed.seed import make_bucket
 
     s3 = aws.s3()
     make_bucket(BUCKET, ownership="BucketOwnerEnforced")
@@ -90,7 +90,7 @@ def _seed(small: int, large: Path) -> None:
 
 
 def _session():
-    from s3lake.testbed.spark import local_session
+    from s3lake_testbed.spark import local_session
 
     return local_session("bench-anonymize", master=os.environ.get("BENCH_SPARK_MASTER", "local[2]"))
 
@@ -105,8 +105,8 @@ def _baseline(spark, prefix: str) -> float:
     def naive(part):
         import json as _json
 
-        from s3lake import anonymize as _anon
         from s3lake import aws as _aws
+        from s3lake.anonymize import job as _anon
 
         stats = _anon.TaskStats(os.environ["S3LAKE_TASK_STATS_DIR"])
         s3 = _aws.s3()
@@ -131,13 +131,13 @@ def _baseline(spark, prefix: str) -> float:
 
 
 def _job(spark, prefix: str, run_id: str) -> tuple[float, dict]:
-    from s3lake import anonymize, rules
+    from s3lake.anonymize import job, rules
 
     ruleset = rules.load(str(ROOT / "conf/anonymize/file-contents.json"))
-    settings = anonymize.Settings(run_id=run_id, rules=ruleset, min_age=0, concurrency=32)
+    settings = job.Settings(run_id=run_id, rules=ruleset, min_age=0, concurrency=32)
     t0 = time.perf_counter()
-    candidates, counts = anonymize.source_candidates(spark, f"s3://{BUCKET}/{prefix}")
-    summary, _ = anonymize.run(spark, candidates, settings, str(WORK / "results"), bucket_counts=counts)
+    candidates, counts = job.source_candidates(spark, f"s3://{BUCKET}/{prefix}")
+    summary, _ = job.run(spark, candidates, settings, str(WORK / "results"), bucket_counts=counts)
     return time.perf_counter() - t0, summary
 
 
@@ -151,8 +151,8 @@ def _task_peak_mb(stats_dir: Path) -> float:
 
 
 def main() -> int:
-    from s3lake.testbed import MotoServer
-    from s3lake.testbed.proxy import ProxyProcess
+    from s3lake_testbed import MotoServer
+    from s3lake_testbed.proxy import ProxyProcess
 
     small = int(os.environ.get("BENCH_ANON_SMALL", "2000"))
     large_mb = int(os.environ.get("BENCH_ANON_LARGE_MB", "200"))

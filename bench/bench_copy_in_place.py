@@ -14,8 +14,9 @@ import os
 import shutil
 import time
 
-from s3lake import copy_in_place, inventory
-from s3lake.testbed.inventory import write_inventory
+from s3lake import inventory
+from s3lake.replication import copy_in_place
+from s3lake_testbed.inventory import write_inventory
 
 from bench import baseline_copy
 from bench.common import (

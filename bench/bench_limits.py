@@ -24,10 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-from s3lake import anonymize, copy_in_place, inventory, results, rules
-from s3lake.pacing import PaceOptions
-from s3lake.testbed.inventory import write_inventory
-from s3lake.testbed.proxy import S3_READS_PER_SECOND, S3_WRITES_PER_SECOND, LimitPlan
+from s3lake import inventory
+from s3lake.anonymize import job, rules
+from s3lake.objects import results
+from s3lake.objects.pacing import PaceOptions
+from s3lake.replication import copy_in_place
+from s3lake_testbed.inventory import write_inventory
+from s3lake_testbed.proxy import S3_READS_PER_SECOND, S3_WRITES_PER_SECOND, LimitPlan
 
 from bench.bench_anonymize import _small_body
 from bench.bench_copy_in_place import inventory_rows, seed
@@ -160,9 +163,9 @@ def main() -> int:
         def anon(prefix: str, run_id: str, pace: PaceOptions) -> tuple[float, dict, float]:
             proxy.reset_counts()
             cpu0, t0 = worker_cpu_seconds(), time.monotonic()
-            candidates, counts = anonymize.source_candidates(spark, f"s3://lim-anon/{prefix}/")
-            settings = anonymize.Settings(run_id=run_id, rules=ruleset, min_age=0, concurrency=32)
-            summary, _ = anonymize.run(spark, candidates, settings, str(RESULTS), bucket_counts=counts, pace=pace)
+            candidates, counts = job.source_candidates(spark, f"s3://lim-anon/{prefix}/")
+            settings = job.Settings(run_id=run_id, rules=ruleset, min_age=0, concurrency=32)
+            summary, _ = job.run(spark, candidates, settings, str(RESULTS), bucket_counts=counts, pace=pace)
             return time.monotonic() - t0, summary, worker_cpu_seconds() - cpu0
 
         quiet = PaceOptions(progress_interval=0)

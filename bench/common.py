@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Iterator
 
 import boto3
-from s3lake.testbed import MotoServer
-from s3lake.testbed.proxy import ProxyProcess
-from s3lake.testbed.spark import local_session
+from s3lake_testbed import MotoServer
+from s3lake_testbed.proxy import ProxyProcess
+from s3lake_testbed.spark import local_session
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKDIR = ROOT / ".bench"

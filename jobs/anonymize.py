@@ -23,7 +23,9 @@ import sys
 from datetime import datetime, timezone
 from typing import Sequence
 
-from s3lake import anonymize, aws, cli, inventory, results, results_catalog, rules
+from s3lake import aws, cli, inventory
+from s3lake.anonymize import job, rules
+from s3lake.objects import results, results_table
 from s3lake.spark import get_session
 
 log = logging.getLogger("s3lake.anonymize")
@@ -39,14 +41,14 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--min-age", default="300s", help="skip objects modified more recently (default 300s)")
     p.add_argument("--processed-tag", default="PROCESSED=true", metavar="KEY=VALUE",
                    help="tag added to every processed object; objects carrying it are skipped")
-    p.add_argument("--part-size", type=int, default=anonymize.DEFAULT_PART_SIZE, metavar="BYTES",
+    p.add_argument("--part-size", type=int, default=job.DEFAULT_PART_SIZE, metavar="BYTES",
                    help="multipart part size; outputs above it are streamed (default 8 MiB, min 5 MiB)")
     p.add_argument("--purge-noncurrent", action="store_true",
                    help="after a rewrite, delete the version that was read (its data is not anonymized)")
     p.add_argument("--results-table", metavar="DB.TABLE", help="Glue table to create/update over --results")
     args = p.parse_args(argv)
     cli.check_run_options(p, args)
-    if args.part_size < anonymize.MIN_PART_SIZE:
+    if args.part_size < job.MIN_PART_SIZE:
         p.error("--part-size must be at least 5 MiB (5242880), S3's minimum part size")
     return args
 
@@ -57,21 +59,21 @@ def _main(argv: Sequence[str] | None = None) -> int:
     aws.use_request_payer(args.request_payer)
     # Everything that can be wrong with the input fails here, before any object is read.
     ruleset = rules.load(args.rules).with_key(rules.hmac_key(args.hmac_key_param, os.environ))
-    processed_tag = anonymize.parse_tag(args.processed_tag)
-    min_age = anonymize.parse_min_age(args.min_age)
+    processed_tag = job.parse_tag(args.processed_tag)
+    min_age = job.parse_min_age(args.min_age)
     if args.results_table:
-        results_catalog.check_name(args.results_table)
+        results_table.check_name(args.results_table)
     spark = get_session("s3lake-anonymize")
     results.check_writable(spark, args.results)
     if args.source:
         source_id = f"{args.source}@{datetime.now(timezone.utc):%Y-%m-%d}"
-        candidates, bucket_counts = anonymize.source_candidates(spark, args.source)
+        candidates, bucket_counts = job.source_candidates(spark, args.source)
     else:
         delivery, frame = inventory.read(spark, args.inventory_table, args.inventory_date, args.inventory_manifest)
         source_id = delivery.delivery_id
-        candidates, bucket_counts = anonymize.inventory_candidates(frame), None
-    run_id = results.check_run_id(args.run_id or anonymize.default_run_id(source_id, ruleset.digest))
-    settings = anonymize.Settings(
+        candidates, bucket_counts = job.inventory_candidates(frame), None
+    run_id = results.check_run_id(args.run_id or job.default_run_id(source_id, ruleset.digest))
+    settings = job.Settings(
         run_id=run_id,
         rules=ruleset,
         processed_tag=processed_tag,
@@ -83,10 +85,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         request_payer=args.request_payer,
     )
     log.info("run %s over %s with %d rules", run_id, source_id, len(ruleset.rules))
-    summary, _ = anonymize.run(spark, candidates, settings, args.results, args.partitions, bucket_counts,
+    summary, _ = job.run(spark, candidates, settings, args.results, args.partitions, bucket_counts,
                                cli.pace_options(args))
     if args.results_table:
-        results_catalog.register_run(args.results_table, args.results, results.SCHEMA, run_id)
+        results_table.register_run(args.results_table, args.results, results.SCHEMA, run_id)
     title = f"anonymize run {run_id}{' (dry run)' if args.dry_run else ''}"
     return results.report(title, summary, args.max_failures, args.results, run_id)
 

@@ -27,17 +27,9 @@ import logging
 import sys
 from typing import Sequence
 
-from s3lake import (
-    aws,
-    cli,
-    copy_in_place,
-    inventory,
-    pricing,
-    replication_report,
-    replication_scope,
-    results,
-    results_catalog,
-)
+from s3lake import aws, cli, inventory
+from s3lake.objects import results, results_table
+from s3lake.replication import copy_in_place, pricing, report, scope
 from s3lake.spark import get_session
 
 log = logging.getLogger("s3lake.copy_in_place")
@@ -73,7 +65,7 @@ def parse_args(argv: Sequence[str] | None):
 def _candidates(spark, args, statuses):
     """(candidates, source buckets, default run id) from the inventory or from a replication report."""
     if args.from_report:
-        frame = replication_report.failed_candidates(spark, args.from_report).persist()
+        frame = report.failed_candidates(spark, args.from_report).persist()
         buckets = sorted(r.bucket for r in frame.select("bucket").distinct().collect())
         digest = hashlib.sha1(args.from_report.rstrip("/").encode()).hexdigest()[:8]
         log.info("run over the FAILED objects of report %s (%s)", args.from_report, ", ".join(buckets) or "none")
@@ -88,7 +80,7 @@ def _scopes(args, buckets):
     """Each source bucket's replication scope, read once here (one line, exit 2, if it cannot replicate)."""
     if not args.replication_check:
         return None
-    return {bucket: replication_scope.fetch(bucket) for bucket in buckets}
+    return {bucket: scope.fetch(bucket) for bucket in buckets}
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -98,7 +90,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     statuses = copy_in_place.parse_statuses(args.statuses)
     prices = pricing.load(args.prices)
     if args.results_table:
-        results_catalog.check_name(args.results_table)
+        results_table.check_name(args.results_table)
     spark = get_session("s3lake-copy-in-place")
     candidates, buckets, default_id = _candidates(spark, args, statuses)
     results.check_writable(spark, args.results)
@@ -117,7 +109,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     summary, _ = copy_in_place.run(spark, candidates, settings, args.results, args.partitions,
                                    cli.pace_options(args))
     if args.results_table:
-        results_catalog.register_run(args.results_table, args.results, results.SCHEMA, run_id)
+        results_table.register_run(args.results_table, args.results, results.SCHEMA, run_id)
     title = f"copy-in-place run {run_id}{' (dry run)' if args.dry_run else ''}"
     code = results.report(title, summary, args.max_failures, args.results, run_id)
     tally = copy_in_place.driver_tally(summary["tally"], len(buckets), summary["requests"] - summary["tally"].counted,

@@ -24,7 +24,7 @@ import sys
 from typing import Sequence
 
 from s3lake import cli, glue_catalog
-from s3lake import json_to_parquet as j2p
+from s3lake.parquet import convert as j2p
 from s3lake.spark import get_session
 
 

@@ -22,7 +22,9 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 from pyspark.sql import functions as F
-from s3lake import cli, inventory, replication_report, results, results_catalog
+from s3lake import cli, inventory
+from s3lake.objects import results, results_table
+from s3lake.replication import report
 from s3lake.spark import get_session
 
 log = logging.getLogger("s3lake.replication_report")
@@ -53,35 +55,35 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     run_id = results.check_run_id(args.run_id)
     if args.results_table:
-        results_catalog.check_name(args.results_table)
-    report_path = args.report or replication_report.default_report_path(args.results)
+        results_table.check_name(args.results_table)
+    report_path = args.report or report.default_report_path(args.results)
     spark = get_session("s3lake-replication-report")
-    copied = replication_report.copied_objects(spark, args.results, run_id).persist()
+    copied = report.copied_objects(spark, args.results, run_id).persist()
     checked_at = datetime.now(timezone.utc)
     if args.live:
         checked_by = "live"
-        report = replication_report.live(copied, run_id, args.concurrency, checked_at, args.partitions)
+        checks = report.live(copied, run_id, args.concurrency, checked_at, args.partitions)
     else:
         delivery, frame = inventory.read(spark, args.inventory_table, args.inventory_date, args.inventory_manifest)
         stats = copied.agg(F.max("finished_at").alias("finished")).collect()[0]
         buckets = [r.bucket for r in results.read_run(spark, args.results, run_id).select("bucket").distinct()
                    .collect()]
-        replication_report.check_inventory(delivery.source_bucket, delivery.delivery_id, buckets, run_id,
+        report.check_inventory(delivery.source_bucket, delivery.delivery_id, buckets, run_id,
                                            stats.finished)
         checked_by = f"inventory {delivery.delivery_id}"
         mine = copied.where(F.col("bucket") == delivery.source_bucket)
-        report = replication_report.from_inventory(mine, frame, run_id, checked_by, checked_at)
+        checks = report.from_inventory(mine, frame, run_id, checked_by, checked_at)
     results.check_writable(spark, report_path)
-    replication_report.write(report, report_path)
+    report.write(checks, report_path)
     copied.unpersist()
-    written = replication_report.read_run(spark, report_path, run_id)
-    counts = replication_report.summarize(written)
+    written = report.read_run(spark, report_path, run_id)
+    counts = report.summarize(written)
     if args.results_table:
-        results_catalog.register_run(args.results_table, report_path, replication_report.SCHEMA, run_id)
-    print(replication_report.format_summary(run_id, checked_by, counts, f"{report_path.rstrip('/')}/run_id={run_id}"),
+        results_table.register_run(args.results_table, report_path, report.SCHEMA, run_id)
+    print(report.format_summary(run_id, checked_by, counts, f"{report_path.rstrip('/')}/run_id={run_id}"),
           flush=True)
-    failed = counts.get(replication_report.FAILED, 0)
-    unchecked = counts.get(replication_report.UNCHECKED, 0)
+    failed = counts.get(report.FAILED, 0)
+    unchecked = counts.get(report.UNCHECKED, 0)
     if failed:
         print(f"s3lake: {failed} objects FAILED to replicate; copy them again with "
               f"copy_in_place.py --from-report {report_path.rstrip('/')}/run_id={run_id}", file=sys.stderr)

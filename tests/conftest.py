@@ -1,5 +1,5 @@
 """The test bed: one strict moto server per session (moto plus the S3 behaviours it lacks,
-:mod:`s3lake.testbed.strict_s3`) on a free loopback port behind a fault proxy, one local[2] SparkSession;
+:mod:`s3lake_testbed.strict_s3`) on a free loopback port behind a fault proxy, one local[2] SparkSession;
 a plain moto server, started only if a test asks for ``plain_moto``."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import uuid
 
 import pytest
-from s3lake.testbed import MotoServer
+from s3lake_testbed import MotoServer
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +19,7 @@ def _testbed(tmp_path_factory):
     inherit the environment once, when they start) route through it too; tests that inject faults
     configure the ``s3_proxy`` fixture and must set its faults back to None.
     """
-    from s3lake.testbed.proxy import ProxyProcess
+    from s3lake_testbed.proxy import ProxyProcess
 
     logs = tmp_path_factory.mktemp("moto")
     server = MotoServer(log_path=str(logs / "moto.log"), strict=True)
@@ -62,14 +62,14 @@ def plain_moto(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def s3_proxy(_testbed):
-    """The session's :class:`~s3lake.testbed.proxy.ProxyProcess` between every client and moto."""
+    """The session's :class:`~s3lake_testbed.proxy.ProxyProcess` between every client and moto."""
     return _testbed[1]
 
 
 @pytest.fixture(scope="session")
 def spark(moto_server):
     """Depends on moto_server so Python workers inherit AWS_ENDPOINT_URL when they fork."""
-    from s3lake.testbed.spark import local_session
+    from s3lake_testbed.spark import local_session
 
     session = local_session("s3lake-tests")
     yield session

@@ -1,4 +1,4 @@
-"""The committer guard (s3lake.committer) against both shipped EMR configurations and the unsafe variants."""
+"""The committer guard (s3lake.parquet.committer) against both shipped EMR configurations and the unsafe variants."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from s3lake import committer as c
 from s3lake.errors import ConfigError
+from s3lake.parquet import committer as c
 
 ROOT = Path(__file__).resolve().parent.parent
 LINES = {"emr-7": "emrfs", "emr-spark-8": "s3a"}  # line -> the connector its configuration ships
@@ -133,7 +133,7 @@ def test_a_loadable_foreign_commit_protocol_is_refused_with_one_line(spark):
 
 
 def test_json_to_parquet_keeps_calling_the_guard():
-    from s3lake import json_to_parquet
+    from s3lake.parquet import convert
 
-    assert json_to_parquet.check_committer is c.check_committer
-    assert json_to_parquet.committer_conflicts is c.committer_conflicts
+    assert convert.check_committer is c.check_committer
+    assert convert.committer_conflicts is c.committer_conflicts

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
-from s3lake import aws, results
-from s3lake import copy_in_place as cip
-from s3lake.acl_grants import Acl
-from s3lake.bucket_lookup import BucketInfo
-from s3lake.object_attributes import ObjectState
-from s3lake.testbed.inventory import inventory_row, write_inventory
-from s3lake.testbed.replication import replicate_everything
-from s3lake.testbed.scenarios import seed_rich_bucket
-from s3lake.testbed.seed import make_bucket, object_state
+from s3lake import aws
+from s3lake.objects import results
+from s3lake.objects.acl_grants import Acl
+from s3lake.objects.attributes import ObjectState
+from s3lake.objects.buckets import BucketInfo
+from s3lake.replication import copy_in_place as cip
+from s3lake_testbed.inventory import inventory_row, write_inventory
+from s3lake_testbed.replication import replicate_everything
+from s3lake_testbed.scenarios import seed_rich_bucket
+from s3lake_testbed.seed import make_bucket, object_state
 
 from jobs import copy_in_place as job
 
@@ -440,7 +441,7 @@ def test_spark_submit_runs_the_job_end_to_end(rich, tmp_path, moto_server):
 
 def process_one(bucket, key, settings, s3):
     """One candidate through :func:`cip.process` in this process, described as the inventory would."""
-    from s3lake.bucket_lookup import bucket_info
+    from s3lake.objects.buckets import bucket_info
 
     info, _ = bucket_info(bucket, settings.copy_acls)
     row = inventory_row(s3, bucket, key)
@@ -461,7 +462,7 @@ def overwrite_once(bucket, key, body):
 
 def test_a_write_between_head_and_copy_stays_current_and_the_object_is_skipped_changed(moto_server, unique, s3,
                                                                                        hook):
-    from s3lake.at_most_once import once_client
+    from s3lake.objects.at_most_once import once_client
 
     bucket = make_bucket(f"cip-race-{unique}", versioned=True)
     s3.put_object(Bucket=bucket, Key="k", Body=b"old")
@@ -488,7 +489,7 @@ def test_a_write_during_a_multipart_copy_stays_current_and_the_object_is_skipped
 
 
 def test_request_payer_rides_on_every_request(moto_server, unique, s3):
-    from s3lake.at_most_once import once_client
+    from s3lake.objects.at_most_once import once_client
 
     bucket = make_bucket(f"cip-rp-{unique}", versioned=True)
     s3.put_object(Bucket=bucket, Key="small", Body=b"s", Tagging="a=b")
@@ -546,7 +547,7 @@ def test_an_inventory_naming_a_missing_bucket_is_one_line_exit_2(spark, moto_ser
 )
 def test_an_unreachable_bucket_is_named_with_the_reason(code, status, headers, expected):
     from botocore.exceptions import ClientError
-    from s3lake.bucket_lookup import unreachable
+    from s3lake.objects.buckets import unreachable
 
     exc = ClientError({"Error": {"Code": code, "Message": "m"},
                        "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers}}, "op")

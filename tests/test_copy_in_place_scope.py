@@ -6,12 +6,12 @@ import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from s3lake import copy_in_place as cip
-from s3lake import replication_report as rr
-from s3lake import results
-from s3lake.testbed.inventory import inventory_row, write_inventory
-from s3lake.testbed.replication import put_replication, replicate_everything, rule
-from s3lake.testbed.seed import count_versions, make_bucket, make_kms_key, object_state
+from s3lake.objects import results
+from s3lake.replication import copy_in_place as cip
+from s3lake.replication import report as rr
+from s3lake_testbed.inventory import inventory_row, write_inventory
+from s3lake_testbed.replication import put_replication, replicate_everything, rule
+from s3lake_testbed.seed import count_versions, make_bucket, make_kms_key, object_state
 
 from jobs import copy_in_place as job
 from jobs import replication_report as report_job

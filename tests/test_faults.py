@@ -26,15 +26,15 @@ from typing import Any, Callable, Iterable, Iterator
 from unittest import mock
 
 import pytest
-from s3lake import anonymize as anon
-from s3lake import copy_in_place as cip
-from s3lake import results
-from s3lake.testbed import seed
-from s3lake.testbed.inventory import inventory_row, write_inventory
-from s3lake.testbed.proxy import FAULT_KINDS, FaultPlan
-from s3lake.testbed.replication import replicate_everything
-from s3lake.testbed.scenarios import ALL_USERS, AWKWARD_KEYS, OTHER_ACCOUNT
-from s3lake.testbed.seed import make_bucket, make_kms_key, object_state
+from s3lake.anonymize import job as anon
+from s3lake.objects import results
+from s3lake.replication import copy_in_place as cip
+from s3lake_testbed import seed
+from s3lake_testbed.inventory import inventory_row, write_inventory
+from s3lake_testbed.proxy import FAULT_KINDS, FaultPlan
+from s3lake_testbed.replication import replicate_everything
+from s3lake_testbed.scenarios import ALL_USERS, AWKWARD_KEYS, OTHER_ACCOUNT
+from s3lake_testbed.seed import make_bucket, make_kms_key, object_state
 
 from jobs import anonymize as anon_job
 from jobs import copy_in_place as cip_job
@@ -305,8 +305,8 @@ def test_anonymize_under_faults_rewrites_each_object_at_most_once_and_never_half
 
 
 def test_anonymize_reads_an_object_again_when_its_download_is_cut_and_writes_it_once(proxy, direct, unique):
-    from s3lake import rules
-    from s3lake.bucket_lookup import bucket_info
+    from s3lake.anonymize import rules
+    from s3lake.objects.buckets import bucket_info
 
     bucket = make_bucket(f"flt-cut-{unique}", versioned=True)
     rng = random.Random(3)
@@ -532,7 +532,7 @@ FAILING_DRIVER = textwrap.dedent('''
     import sys
 
     from pyspark import TaskContext
-    from s3lake import json_to_parquet as j2p
+    from s3lake.parquet import convert as j2p
 
     LOG = os.environ["S3LAKE_TEST_ATTEMPTS"]
 
@@ -676,8 +676,8 @@ def test_the_fault_plan_faults_about_fifteen_percent_of_object_requests():
 
 
 def test_a_lost_create_multipart_upload_response_is_adopted_not_orphaned(proxy, direct, unique):
-    from s3lake.at_most_once import create_multipart_once
-    from s3lake.per_object_job import Counter
+    from s3lake.objects.at_most_once import create_multipart_once
+    from s3lake.objects.driver import Counter
 
     bucket = f"flt-mpu-{unique}"
     direct.create_bucket(Bucket=bucket)

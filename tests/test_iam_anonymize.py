@@ -11,10 +11,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from s3lake import anonymize as anon
-from s3lake import aws, results
-from s3lake.testbed import iam
-from s3lake.testbed.seed import make_bucket, make_kms_key
+from s3lake import aws
+from s3lake.anonymize import job as anon
+from s3lake.objects import results
+from s3lake_testbed import iam
+from s3lake_testbed.seed import make_bucket, make_kms_key
 
 from jobs import anonymize as job
 

@@ -11,13 +11,14 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from s3lake import aws, results
-from s3lake import copy_in_place as cip
-from s3lake.testbed import iam
-from s3lake.testbed.inventory import inventory_row, write_inventory
-from s3lake.testbed.replication import replicate_everything
-from s3lake.testbed.scenarios import seed_rich_bucket
-from s3lake.testbed.seed import make_bucket, make_kms_key, object_state
+from s3lake import aws
+from s3lake.objects import results
+from s3lake.replication import copy_in_place as cip
+from s3lake_testbed import iam
+from s3lake_testbed.inventory import inventory_row, write_inventory
+from s3lake_testbed.replication import replicate_everything
+from s3lake_testbed.scenarios import seed_rich_bucket
+from s3lake_testbed.seed import make_bucket, make_kms_key, object_state
 
 from jobs import copy_in_place as job
 

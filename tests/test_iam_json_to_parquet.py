@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 from s3lake import aws
-from s3lake.testbed import iam
-from s3lake.testbed.seed import make_glue_database
+from s3lake_testbed import iam
+from s3lake_testbed.seed import make_glue_database
 
 from jobs import json_to_parquet as job
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from s3lake.testbed import iam
-from s3lake.testbed.iam_corrections import evaluate, is_allowed
+from s3lake_testbed import iam
+from s3lake_testbed.iam_corrections import evaluate, is_allowed
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "arn:aws:s3:::data"

@@ -10,11 +10,11 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from s3lake import replication_report as rr
-from s3lake.testbed import iam
-from s3lake.testbed.inventory import inventory_row, write_inventory
-from s3lake.testbed.replication import replicate_everything
-from s3lake.testbed.seed import make_bucket
+from s3lake.replication import report as rr
+from s3lake_testbed import iam
+from s3lake_testbed.inventory import inventory_row, write_inventory
+from s3lake_testbed.replication import replicate_everything
+from s3lake_testbed.seed import make_bucket
 
 from jobs import copy_in_place
 from jobs import replication_report as job

@@ -1,4 +1,4 @@
-"""IAM in the test bed (s3lake.testbed.iam_corrections): each behaviour, with plain moto (IAM switched on with
+"""IAM in the test bed (s3lake_testbed.iam_corrections): each behaviour, with plain moto (IAM switched on with
 /moto-api/reset-auth) for contrast where moto differs."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from botocore.exceptions import ClientError
 from s3lake import aws
-from s3lake.testbed import iam, replication
-from s3lake.testbed.moto import DUMMY_CREDENTIALS, free_port
-from s3lake.testbed.process import LoopbackProcess
-from s3lake.testbed.seed import make_bucket, make_kms_key
+from s3lake_testbed import iam, replication
+from s3lake_testbed.moto import DUMMY_CREDENTIALS, free_port
+from s3lake_testbed.process import LoopbackProcess
+from s3lake_testbed.seed import make_bucket, make_kms_key
 
 
 def allow(*actions: str, resource="*", condition=None) -> dict:

@@ -8,8 +8,8 @@ import pytest
 from chispa import assert_df_equality
 from s3lake import inventory
 from s3lake.errors import InventoryError
-from s3lake.testbed.inventory import DEFAULT_FIELDS, write_inventory
-from s3lake.testbed.seed import make_bucket
+from s3lake_testbed.inventory import DEFAULT_FIELDS, write_inventory
+from s3lake_testbed.seed import make_bucket
 
 AWKWARD_KEYS = [
     "plain/file.txt",

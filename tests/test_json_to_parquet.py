@@ -11,9 +11,9 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from s3lake import glue_catalog
-from s3lake import json_to_parquet as j2p
 from s3lake.errors import ConfigError
-from s3lake.testbed.seed import make_glue_database
+from s3lake.parquet import convert as j2p
+from s3lake_testbed.seed import make_glue_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -281,7 +281,7 @@ def test_bad_schema_gives_one_clear_line(tmp_path, capsys, schema_text, message)
 def test_cli_converts_with_the_shipped_example_schema(spark, tmp_path, capsys):
     import random
 
-    from s3lake.demo.json_to_parquet import firehose_record
+    from s3lake_testbed.demo.json_to_parquet import firehose_record
 
     rng = random.Random(1)
     path = write_input(tmp_path / "in", "fh", [json.dumps(firehose_record(rng, i)) for i in range(30)])

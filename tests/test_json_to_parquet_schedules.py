@@ -13,9 +13,9 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from s3lake import arrival_batches
-from s3lake import json_to_parquet as j2p
-from s3lake.testbed.seed import make_glue_database
+from s3lake.parquet import arrival_batches
+from s3lake.parquet import convert as j2p
+from s3lake_testbed.seed import make_glue_database
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = T.StructType([T.StructField("id", T.StringType()), T.StructField("ts", T.StringType())])

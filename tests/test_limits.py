@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
-from s3lake import anonymize as anon
-from s3lake import copy_in_place as cip
-from s3lake.testbed.proxy import LimitPlan
-from s3lake.testbed.replication import replicate_everything
-from s3lake.testbed.seed import make_bucket, make_kms_key
+from s3lake.anonymize import job as anon
+from s3lake.replication import copy_in_place as cip
+from s3lake_testbed.proxy import LimitPlan
+from s3lake_testbed.replication import replicate_everything
+from s3lake_testbed.seed import make_bucket, make_kms_key
 
 from jobs import anonymize as anon_job
 from jobs import copy_in_place as cip_job

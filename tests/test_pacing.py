@@ -10,8 +10,8 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from s3lake import pacing
-from s3lake.testbed.proxy import FaultPlan, LimitPlan, S3Proxy
+from s3lake.objects import pacing
+from s3lake_testbed.proxy import FaultPlan, LimitPlan, S3Proxy
 
 
 class FakeClock:

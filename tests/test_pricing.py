@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from s3lake import pricing
+from s3lake.replication import pricing
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from s3lake import progress
+from s3lake.objects import progress
 
 
 def test_a_progress_line_says_done_total_statuses_rate_throttled_share_and_eta():

@@ -19,7 +19,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
-from s3lake.testbed.proxy import (
+from s3lake_testbed.proxy import (
     OBJECT_WRITES,
     FaultPlan,
     LimitPlan,

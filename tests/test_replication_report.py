@@ -3,11 +3,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from s3lake import replication_report as rr
-from s3lake.testbed.inventory import inventory_row, write_inventory
-from s3lake.testbed.proxy import FaultPlan
-from s3lake.testbed.replication import replicate_everything
-from s3lake.testbed.seed import make_bucket
+from s3lake.replication import report as rr
+from s3lake_testbed.inventory import inventory_row, write_inventory
+from s3lake_testbed.proxy import FaultPlan
+from s3lake_testbed.replication import replicate_everything
+from s3lake_testbed.seed import make_bucket
 
 from jobs import copy_in_place
 from jobs import replication_report as job

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from s3lake import replication_scope as rs
-from s3lake.testbed.replication import put_replication, rule
-from s3lake.testbed.seed import make_bucket
+from s3lake.replication import scope as rs
+from s3lake_testbed.replication import put_replication, rule
+from s3lake_testbed.seed import make_bucket
 
 
 def scope(*rules):

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from s3lake import results
 from s3lake.errors import ConfigError, ResultsPathError
+from s3lake.objects import results
 
 
 def test_write_probe_leaves_nothing_behind(spark, tmp_path):

@@ -1,5 +1,5 @@
 """Strict mode of the test bed: each S3 behaviour moto lacks, shown missing on plain moto and present on
-the session's (strict) server. The S3 pages each behaviour follows are cited in s3lake.testbed.strict_s3."""
+the session's (strict) server. The S3 pages each behaviour follows are cited in s3lake_testbed.strict_s3."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from awscrt import checksums
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from s3lake import aws
-from s3lake.testbed import seed, strict_s3
+from s3lake_testbed import seed, strict_s3
 
 MIB = 1024 * 1024
 

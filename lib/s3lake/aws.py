@@ -7,9 +7,9 @@
   (default 10). ``standard`` because adaptive's client-side rate limiter costs CPU on every request
   (measured: ~25% fewer objects/s in ``make bench``) and only pays off under sustained throttling.
   botocore's retry handler backs off on 500/503 SlowDown/throttling and connection errors, so reads
-  need no retry loop of their own; non-idempotent writes use :func:`s3lake.at_most_once.write_once`.
-* Inside an object job's task (a :func:`s3lake.pacing.task` is current) clients are *paced* instead:
-  botocore's retries (and so its retry quota) are off and :func:`s3lake.pacing.install` retries
+  need no retry loop of their own; non-idempotent writes use :func:`s3lake.objects.at_most_once.write_once`.
+* Inside an object job's task (a :func:`s3lake.objects.pacing.task` is current) clients are *paced* instead:
+  botocore's retries (and so its retry quota) are off and :func:`s3lake.objects.pacing.install` retries
   throttling and 5xx until the object's deadline, takes the task's rate tokens and feeds its window.
 * ``S3LAKE_MAX_POOL`` (default 64): HTTP connections per client, at least the per-task concurrency.
 * Requester Pays: after :func:`use_request_payer` ("requester") every S3 request of this process carries
@@ -66,9 +66,9 @@ def client_config(max_attempts: int | None = None, max_pool: int | None = None) 
 
 def client(service: str, *, max_attempts: int | None = None, max_pool: int | None = None) -> Any:
     """A cached boto3 client for ``service`` in this process (safe to share across threads); paced while
-    a :func:`s3lake.pacing.task` is current (``max_attempts=1`` then means: a client for non-idempotent
+    a :func:`s3lake.objects.pacing.task` is current (``max_attempts=1`` then means: a client for non-idempotent
     writes, whose unknown outcomes its caller checks)."""
-    from s3lake import pacing
+    from s3lake.objects import pacing
 
     paced = pacing.current() is not None
     key = (

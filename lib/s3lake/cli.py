@@ -7,8 +7,8 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from s3lake import pacing
 from s3lake.errors import S3LakeError
+from s3lake.objects import pacing
 
 log = logging.getLogger("s3lake")
 
@@ -71,7 +71,7 @@ def check_run_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 
 def pace_options(args: argparse.Namespace) -> pacing.PaceOptions:
-    """The run's :class:`~s3lake.pacing.PaceOptions` from :func:`add_run_options`' arguments."""
+    """The run's :class:`~s3lake.objects.pacing.PaceOptions` from :func:`add_run_options`' arguments."""
     return pacing.PaceOptions(max_requests_per_second=args.max_requests_per_second,
                               object_deadline=args.object_deadline, progress_interval=args.progress_interval)
 

@@ -1,1 +1,0 @@
-"""Local end-to-end demos of every job (`make demo`)."""
