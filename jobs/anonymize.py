@@ -25,7 +25,7 @@ from typing import Sequence
 
 from s3lake import aws, cli, inventory
 from s3lake.anonymize import job, rules
-from s3lake.objects import results, results_table
+from s3lake.objects import results, results_table, run_options
 from s3lake.spark import get_session
 
 log = logging.getLogger("s3lake.anonymize")
@@ -34,8 +34,8 @@ log = logging.getLogger("s3lake.anonymize")
 def parse_args(argv: Sequence[str] | None):
     p = cli.parser("anonymize.py", __doc__.split("\n\n")[0])
     cli.add_inventory_source(p, [("--source", "S3_URL", "s3://bucket/prefix/ to list (ListObjectsV2)")])
-    cli.add_run_options(p, concurrency=16, dry_run_help="write nothing; report records and fields per object",
-                        run_id_help="marker and results partition (default: from the source and the rules)")
+    run_options.add(p, concurrency=16, dry_run_help="write nothing; report records and fields per object",
+                     run_id_help="marker and results partition (default: from the source and the rules)")
     p.add_argument("--rules", required=True, metavar="PATH_OR_S3_URL", help="JSON rules file")
     p.add_argument("--hmac-key-param", metavar="NAME", help="SSM SecureString holding the HMAC key")
     p.add_argument("--min-age", default="300s", help="skip objects modified more recently (default 300s)")
@@ -47,7 +47,8 @@ def parse_args(argv: Sequence[str] | None):
                    help="after a rewrite, delete the version that was read (its data is not anonymized)")
     p.add_argument("--results-table", metavar="DB.TABLE", help="Glue table to create/update over --results")
     args = p.parse_args(argv)
-    cli.check_run_options(p, args)
+    cli.check_inventory_source(p, args)
+    run_options.check(p, args)
     if args.part_size < job.MIN_PART_SIZE:
         p.error("--part-size must be at least 5 MiB (5242880), S3's minimum part size")
     return args
@@ -86,7 +87,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     )
     log.info("run %s over %s with %d rules", run_id, source_id, len(ruleset.rules))
     summary, _ = job.run(spark, candidates, settings, args.results, args.partitions, bucket_counts,
-                               cli.pace_options(args))
+                               run_options.pace(args))
     if args.results_table:
         results_table.register_run(args.results_table, args.results, results.SCHEMA, run_id)
     title = f"anonymize run {run_id}{' (dry run)' if args.dry_run else ''}"

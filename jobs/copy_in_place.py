@@ -28,7 +28,7 @@ import sys
 from typing import Sequence
 
 from s3lake import aws, cli, inventory
-from s3lake.objects import results, results_table
+from s3lake.objects import results, results_table, run_options
 from s3lake.replication import copy_in_place, pricing, report, scope
 from s3lake.spark import get_session
 
@@ -39,8 +39,8 @@ def parse_args(argv: Sequence[str] | None):
     p = cli.parser("copy_in_place.py", __doc__.split("\n\n")[0])
     cli.add_inventory_source(p, [("--from-report", "PATH",
                                   "replication report (dataset or run_id=... partition): copy its FAILED objects")])
-    cli.add_run_options(p, concurrency=32, dry_run_help="write nothing; report WOULD_COPY or the skip reason",
-                        run_id_help="marker and results partition (default: derived from the inventory delivery)")
+    run_options.add(p, concurrency=32, dry_run_help="write nothing; report WOULD_COPY or the skip reason",
+                     run_id_help="marker and results partition (default: derived from the inventory delivery)")
     p.add_argument("--statuses", default="none,FAILED",
                    help="replication statuses that make a candidate; 'none' = no status (default: none,FAILED)")
     p.add_argument("--no-copy-acls", dest="copy_acls", action="store_false",
@@ -56,7 +56,8 @@ def parse_args(argv: Sequence[str] | None):
                                                      "(default conf/prices/us-east-1.json)")
     p.add_argument("--results-table", metavar="DB.TABLE", help="Glue table to create/update over --results")
     args = p.parse_args(argv)
-    cli.check_run_options(p, args)
+    cli.check_inventory_source(p, args)
+    run_options.check(p, args)
     if not 5 * 1024 * 1024 <= args.multipart_threshold <= copy_in_place.DEFAULT_THRESHOLD:
         p.error("--multipart-threshold must be between 5 MiB and 5 GiB")
     return args
@@ -107,7 +108,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         request_payer=args.request_payer,
     )
     summary, _ = copy_in_place.run(spark, candidates, settings, args.results, args.partitions,
-                                   cli.pace_options(args))
+                                   run_options.pace(args))
     if args.results_table:
         results_table.register_run(args.results_table, args.results, results.SCHEMA, run_id)
     title = f"copy-in-place run {run_id}{' (dry run)' if args.dry_run else ''}"

@@ -168,6 +168,20 @@ def expected_step_args(prefix: str, job: str, job_args: list[str]) -> list[str]:
     ]
 
 
+def assert_product_only(archive: zipfile.ZipFile) -> None:
+    """The uploaded wheel or --py-files zip holds exactly the product's modules (lib/s3lake, every
+    sub-package), no test-bed or demo module, and none of its modules imports moto or the test bed."""
+    from tests.test_layout import FORBIDDEN_IN_PRODUCT, imported_modules
+
+    lib = ROOT / "lib"
+    modules = {n for n in archive.namelist() if n.endswith(".py")}
+    assert modules == {p.relative_to(lib).as_posix() for p in (lib / "s3lake").rglob("*.py")}
+    assert not [n for n in archive.namelist() if {"testbed", "s3lake_testbed", "demo"} & set(n.split("/"))]
+    for name in sorted(modules):
+        imports = imported_modules(archive.read(name).decode("utf-8"))
+        assert not [m for m in imports if m.split(".")[0] in FORBIDDEN_IN_PRODUCT], name
+
+
 def test_creates_a_cluster_with_the_uploaded_build_and_one_exact_step(env, s3, emr, bucket, unique):
     job = "copy-in-place"
     require_job(job)
@@ -202,9 +216,11 @@ def test_creates_a_cluster_with_the_uploaded_build_and_one_exact_step(env, s3, e
         names = set(zf.namelist())
         assert {"s3lake/__init__.py", "s3lake/aws.py"} <= names
         assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+        assert_product_only(zf)
     with zipfile.ZipFile(io.BytesIO(body("s3lake-0.1.0-py3-none-any.whl"))) as whl:
         assert "s3lake/aws.py" in whl.namelist()
         assert any(n.endswith(".dist-info/METADATA") for n in whl.namelist())
+        assert_product_only(whl)
 
     # The cluster.
     cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]

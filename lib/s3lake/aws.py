@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import boto3
 from botocore.config import Config
@@ -37,6 +37,9 @@ from s3lake.errors import ConfigError
 _lock = threading.Lock()
 _cache: dict[tuple, Any] = {}
 _request_payer: str | None = None
+# The object engine's pacing (s3lake.objects.pacing sets it when imported): (is a paced task current?,
+# pace a new client). Plugged in from above so that this module, below every job, imports no job code.
+_pacing: tuple[Callable[[], bool], Callable[..., Any]] | None = None
 
 DEFAULT_MAX_ATTEMPTS = 10
 DEFAULT_MAX_POOL = 64
@@ -68,9 +71,8 @@ def client(service: str, *, max_attempts: int | None = None, max_pool: int | Non
     """A cached boto3 client for ``service`` in this process (safe to share across threads); paced while
     a :func:`s3lake.objects.pacing.task` is current (``max_attempts=1`` then means: a client for non-idempotent
     writes, whose unknown outcomes its caller checks)."""
-    from s3lake.objects import pacing
-
-    paced = pacing.current() is not None
+    pacing = _pacing
+    paced = pacing is not None and pacing[0]()
     key = (
         paced,
         os.getpid(),
@@ -100,11 +102,17 @@ def client(service: str, *, max_attempts: int | None = None, max_pool: int | Non
                 config=client_config(1 if paced else max_attempts, max_pool),
             )
             if paced:
-                pacing.install(found, once=max_attempts == 1)
+                pacing[1](found, once=max_attempts == 1)  # type: ignore[index]
             if service == "s3" and _request_payer:
                 found.meta.events.register("before-sign.s3", _payer_header(_request_payer))
             _cache[key] = found
     return found
+
+
+def set_pacing(is_paced: Callable[[], bool], install: Callable[..., Any]) -> None:
+    """Clients built while ``is_paced()`` get ``install(client, once=...)`` and botocore's retries off."""
+    global _pacing
+    _pacing = (is_paced, install)
 
 
 def use_request_payer(payer: str | None) -> None:

@@ -12,7 +12,7 @@ botocore offers no switch to turn the quota off). So inside an object job's task
   jittered exponential backoff (50 ms doubling up to 5 s) until the object's deadline (default 15 min,
   ``--object-deadline``), never by an attempt count. On a client for non-idempotent writes
   (``once=True``) only throttling is retried here - a throttled request was rejected, its outcome is
-  known - and every unknown outcome (5xx, reset, timeout) goes back to :func:`s3lake.objects.write_once`,
+  known - and every unknown outcome (5xx, reset, timeout) goes back to :func:`s3lake.objects.at_most_once.write_once`,
   which checks the object before writing again;
 * **adaptive**: each task runs AIMD on its send rate (:class:`AdaptiveRate`): unlimited until the first
   throttled answer, then 0.8 x the rate measured over the last second, x 0.8 again per throttled answer
@@ -42,6 +42,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from s3lake import aws
 
 DEFAULT_OBJECT_DEADLINE = 15 * 60.0
 BACKOFF_BASE = 0.05
@@ -419,6 +421,10 @@ def install(client: Any, *, once: bool = False) -> Any:
     client.meta.events.register(f"needs-retry.{service}", hooks.needs_retry,
                                 unique_id=f"s3lake-patient-{service}")
     return client
+
+
+# s3lake.aws builds paced clients inside a task through this (it may not import the engine itself).
+aws.set_pacing(lambda: current() is not None, install)
 
 
 # ------------------------------------------------------------------------------------------ the window
