@@ -106,9 +106,9 @@ def _baseline(spark, prefix: str) -> float:
         import json as _json
 
         from s3lake import aws as _aws
-        from s3lake.anonymize import job as _anon
+        from s3lake.anonymize import task_stats
 
-        stats = _anon.TaskStats(os.environ["S3LAKE_TASK_STATS_DIR"])
+        stats = task_stats.TaskStats(os.environ["S3LAKE_TASK_STATS_DIR"])
         s3 = _aws.s3()
         for key in part:
             body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
@@ -131,12 +131,12 @@ def _baseline(spark, prefix: str) -> float:
 
 
 def _job(spark, prefix: str, run_id: str) -> tuple[float, dict]:
-    from s3lake.anonymize import job, rules
+    from s3lake.anonymize import job, rules, sources
 
     ruleset = rules.load(str(ROOT / "conf/anonymize/file-contents.json"))
     settings = job.Settings(run_id=run_id, rules=ruleset, min_age=0, concurrency=32)
     t0 = time.perf_counter()
-    candidates, counts = job.source_candidates(spark, f"s3://{BUCKET}/{prefix}")
+    candidates, counts = sources.source_candidates(spark, f"s3://{BUCKET}/{prefix}")
     summary, _ = job.run(spark, candidates, settings, str(WORK / "results"), bucket_counts=counts)
     return time.perf_counter() - t0, summary
 

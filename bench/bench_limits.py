@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from s3lake import inventory
-from s3lake.anonymize import job, rules
+from s3lake.anonymize import job, rules, sources
 from s3lake.objects import results
 from s3lake.objects.pacing import PaceOptions
 from s3lake.replication import copy_in_place
@@ -163,7 +163,7 @@ def main() -> int:
         def anon(prefix: str, run_id: str, pace: PaceOptions) -> tuple[float, dict, float]:
             proxy.reset_counts()
             cpu0, t0 = worker_cpu_seconds(), time.monotonic()
-            candidates, counts = job.source_candidates(spark, f"s3://lim-anon/{prefix}/")
+            candidates, counts = sources.source_candidates(spark, f"s3://lim-anon/{prefix}/")
             settings = job.Settings(run_id=run_id, rules=ruleset, min_age=0, concurrency=32)
             summary, _ = job.run(spark, candidates, settings, str(RESULTS), bucket_counts=counts, pace=pace)
             return time.monotonic() - t0, summary, worker_cpu_seconds() - cpu0

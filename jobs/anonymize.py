@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 from s3lake import aws, cli, inventory
-from s3lake.anonymize import job, rules
+from s3lake.anonymize import job, rules, sources, writes
 from s3lake.objects import results, results_table, run_options
 from s3lake.spark import get_session
 
@@ -41,7 +41,7 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--min-age", default="300s", help="skip objects modified more recently (default 300s)")
     p.add_argument("--processed-tag", default="PROCESSED=true", metavar="KEY=VALUE",
                    help="tag added to every processed object; objects carrying it are skipped")
-    p.add_argument("--part-size", type=int, default=job.DEFAULT_PART_SIZE, metavar="BYTES",
+    p.add_argument("--part-size", type=int, default=writes.DEFAULT_PART_SIZE, metavar="BYTES",
                    help="multipart part size; outputs above it are streamed (default 8 MiB, min 5 MiB)")
     p.add_argument("--purge-noncurrent", action="store_true",
                    help="after a rewrite, delete the version that was read (its data is not anonymized)")
@@ -49,7 +49,7 @@ def parse_args(argv: Sequence[str] | None):
     args = p.parse_args(argv)
     cli.check_inventory_source(p, args)
     run_options.check(p, args)
-    if args.part_size < job.MIN_PART_SIZE:
+    if args.part_size < writes.MIN_PART_SIZE:
         p.error("--part-size must be at least 5 MiB (5242880), S3's minimum part size")
     return args
 
@@ -68,11 +68,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     results.check_writable(spark, args.results)
     if args.source:
         source_id = f"{args.source}@{datetime.now(timezone.utc):%Y-%m-%d}"
-        candidates, bucket_counts = job.source_candidates(spark, args.source)
+        candidates, bucket_counts = sources.source_candidates(spark, args.source)
     else:
         delivery, frame = inventory.read(spark, args.inventory_table, args.inventory_date, args.inventory_manifest)
         source_id = delivery.delivery_id
-        candidates, bucket_counts = job.inventory_candidates(frame), None
+        candidates, bucket_counts = sources.inventory_candidates(frame), None
     run_id = results.check_run_id(args.run_id or job.default_run_id(source_id, ruleset.digest))
     settings = job.Settings(
         run_id=run_id,

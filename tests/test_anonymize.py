@@ -14,12 +14,12 @@ import pytest
 from chispa import assert_df_equality
 from s3lake import aws
 from s3lake.anonymize import job as anon
-from s3lake.anonymize import rules
+from s3lake.anonymize import rules, sources, writes
 from s3lake.objects import results
 from s3lake.objects.acl_grants import Acl
 from s3lake.objects.at_most_once import once_client
 from s3lake.objects.attributes import ObjectState
-from s3lake.objects.buckets import bucket_info
+from s3lake.objects.buckets import BucketInfo, bucket_info
 from s3lake_testbed.inventory import inventory_row, write_inventory
 from s3lake_testbed.proxy import FaultPlan, S3Proxy
 from s3lake_testbed.seed import count_versions, make_bucket, make_kms_key, object_state, writer
@@ -75,7 +75,7 @@ def rewritten(before: dict, body: bytes, run_id: str, tags=(("PROCESSED", "true"
     """What an object must look like after a rewrite: new bytes, marker, merged tags, one more version."""
     expected = dict(before)
     expected.update(
-        metadata={**before["metadata"], anon.MARKER: run_id},
+        metadata={**before["metadata"], writes.MARKER: run_id},
         tags=sorted(set(before["tags"]) | set(tags)),
         size=len(body),
         sha256=hashlib.sha256(body).hexdigest(),
@@ -270,7 +270,7 @@ def test_a_source_listing_gives_candidates_and_per_bucket_counts_that_the_run_us
         s3.put_object(Bucket=bucket, Key=key, Body=SECRET_LINES)
     before = {k: object_state(bucket, k) for k in ("in/a.json", "in/b c.json", "other/x.json")}
 
-    frame, counts = anon.source_candidates(spark, f"s3://{bucket}/in/")
+    frame, counts = sources.source_candidates(spark, f"s3://{bucket}/in/")
 
     assert counts == {bucket: 2}
     expected = spark.createDataFrame([(bucket, "in/a.json", len(SECRET_LINES)), (bucket, "in/b c.json",
@@ -360,7 +360,7 @@ def test_an_object_changed_between_read_and_write_is_a_conflict_and_keeps_the_ot
     assert sent[0]["IfMatch"] == f'"{hashlib.md5(SECRET_LINES).hexdigest()}"'
     expected = object_state(bucket, "c.json")
     assert read_body(bucket, "c.json") == b'{"file_contents": "newer"}\n'
-    assert expected["versions"] == 2 and anon.MARKER not in expected["metadata"]
+    assert expected["versions"] == 2 and writes.MARKER not in expected["metadata"]
 
 
 def test_a_lost_put_response_is_recognized_by_the_marker_and_not_written_twice(moto_server, unique, s3, monkeypatch):
@@ -404,8 +404,8 @@ def test_a_large_object_streams_through_a_multipart_upload_keeping_every_attribu
     hook(once_client(), "provide-client-params.s3.CompleteMultipartUpload",
          lambda params, **_: completes.append(dict(params)))
 
-    row = process_one(bucket, "big.json.gz", settings("mp", part_size=5 * anon.MIB))
-    plain = process_one(bucket, "plain.json", settings("mp", part_size=5 * anon.MIB))
+    row = process_one(bucket, "big.json.gz", settings("mp", part_size=5 * writes.MIB))
+    plain = process_one(bucket, "plain.json", settings("mp", part_size=5 * writes.MIB))
 
     assert row["status"] == anon.ANONYMIZED and row["records_changed"] == 12_000
     raw = read_body(bucket, "big.json.gz")
@@ -428,7 +428,7 @@ def test_an_unchanged_large_object_aborts_its_upload_and_is_only_tagged(moto_ser
     s3.put_object(Bucket=bucket, Key="clean.json", Body=clean)
     before = object_state(bucket, "clean.json")
 
-    row = process_one(bucket, "clean.json", settings("mpu", part_size=5 * anon.MIB))
+    row = process_one(bucket, "clean.json", settings("mpu", part_size=5 * writes.MIB))
 
     assert row["status"] == anon.TAGGED
     assert object_state(bucket, "clean.json") == {**before, "tags": [("PROCESSED", "true")]}
@@ -447,7 +447,7 @@ def test_a_large_object_changed_during_the_upload_is_a_conflict_and_the_upload_i
             aws.s3(max_attempts=2).put_object(Bucket=bucket, Key="big.json", Body=b'{"file_contents": "new"}\n')
 
     hook(aws.s3(), "before-call.s3.UploadPart", overwrite_once)
-    row = process_one(bucket, "big.json", settings("mpc", part_size=5 * anon.MIB))
+    row = process_one(bucket, "big.json", settings("mpc", part_size=5 * writes.MIB))
 
     assert row["status"] == anon.CONFLICT
     assert read_body(bucket, "big.json") == b'{"file_contents": "new"}\n'
@@ -463,18 +463,18 @@ def test_write_requests_are_conditional_and_carry_every_attribute():
     acl = Acl("owner", (("FULL_CONTROL", "id", "owner"), ("READ", "uri", ALL_USERS)))
     tags = [{"Key": "a b", "Value": "1"}, {"Key": "PROCESSED", "Value": "true"}]
 
-    put = anon.put_request(state, "r1", acl, tags, b"body")
-    complete = anon.complete_request(state, "up-1", [{"PartNumber": 1, "ETag": '"p1"'}])
+    put = writes.put_request(state, "r1", acl, tags, b"body")
+    complete = writes.complete_request(state, "up-1", [{"PartNumber": 1, "ETag": '"p1"'}])
 
     assert put == {
         "Bucket": "b", "Key": "k", "Body": b"body", "IfMatch": '"abc"', "ContentType": "application/json",
-        "ContentEncoding": "gzip", "Metadata": {"m": "1", anon.MARKER: "r1"}, "StorageClass": "STANDARD_IA",
+        "ContentEncoding": "gzip", "Metadata": {"m": "1", writes.MARKER: "r1"}, "StorageClass": "STANDARD_IA",
         "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "arn:aws:kms:us-east-1:1:key/x",
         "BucketKeyEnabled": True, "Tagging": "a%20b=1&PROCESSED=true",
         "GrantFullControl": 'id="owner"', "GrantRead": f'uri="{ALL_USERS}"'}
     assert complete == {"Bucket": "b", "Key": "k", "UploadId": "up-1", "IfMatch": '"abc"',
                         "MultipartUpload": {"Parts": [{"PartNumber": 1, "ETag": '"p1"'}]}}
-    create = anon.write_request(state, "r1", acl, tags, "CRC32")
+    create = writes.write_request(state, "r1", acl, tags, "CRC32")
     assert create["ChecksumAlgorithm"] == "CRC32" and "IfMatch" not in create and create["Tagging"] == put["Tagging"]
 
 
@@ -498,7 +498,7 @@ def test_an_unchanged_object_of_an_unversioned_bucket_is_tagged_only_if_it_was_n
     assert row["status"] == anon.CONFLICT
     assert read_body(bucket, "t.json") == newer
     state = object_state(bucket, "t.json")
-    assert state["tags"] == [] and anon.MARKER not in state["metadata"]  # left for the next run to scan
+    assert state["tags"] == [] and writes.MARKER not in state["metadata"]  # left for the next run to scan
 
 
 def test_an_unchanged_object_of_an_unversioned_bucket_is_tagged_keeping_every_attribute(moto_server, unique, s3):
@@ -517,17 +517,17 @@ def test_an_unchanged_object_of_an_unversioned_bucket_is_tagged_keeping_every_at
     # The copy re-sends BucketKeyEnabled=false (else the bucket's default would apply); moto echoes it, S3 omits it.
     assert after.pop("bucket_key") in (None, False) and before.pop("bucket_key") is None
     assert after == {**before, "tags": [("PROCESSED", "true"), ("keep", "me")],
-                     "metadata": {"m": "1", anon.MARKER: "tagcopy"}}
+                     "metadata": {"m": "1", writes.MARKER: "tagcopy"}}
 
 
 def test_tag_copy_request_is_conditional_and_replaces_the_tags():
     state = ObjectState.from_head("b", "k", {"ETag": '"abc"', "ContentLength": 5, "Metadata": {"m": "1"}})
-    params = anon.tag_copy_request(state, "r1", None, [{"Key": "PROCESSED", "Value": "true"}])
+    params = writes.tag_copy_request(state, "r1", None, [{"Key": "PROCESSED", "Value": "true"}])
 
     assert params["CopySource"] == {"Bucket": "b", "Key": "k"}
     assert (params["CopySourceIfMatch"], params["IfMatch"]) == ('"abc"', '"abc"')
     assert (params["TaggingDirective"], params["Tagging"]) == ("REPLACE", "PROCESSED=true")
-    assert params["MetadataDirective"] == "REPLACE" and params["Metadata"] == {"m": "1", anon.MARKER: "r1"}
+    assert params["MetadataDirective"] == "REPLACE" and params["Metadata"] == {"m": "1", writes.MARKER: "r1"}
 
 
 def test_a_large_crc64nvme_object_keeps_a_full_object_checksum_that_s3_verifies(moto_server, unique, s3, hook):
@@ -541,7 +541,7 @@ def test_a_large_crc64nvme_object_keeps_a_full_object_checksum_that_s3_verifies(
     hook(once_client(), "provide-client-params.s3.CompleteMultipartUpload",
          lambda params, **_: completes.append(dict(params)))
 
-    row = process_one(bucket, "c.json", settings("crc", part_size=5 * anon.MIB))
+    row = process_one(bucket, "c.json", settings("crc", part_size=5 * writes.MIB))
 
     assert row["status"] == anon.ANONYMIZED and read_body(bucket, "c.json") == expected
     assert (creates[0]["ChecksumAlgorithm"], creates[0]["ChecksumType"]) == ("CRC64NVME", "FULL_OBJECT")
@@ -561,7 +561,7 @@ def test_a_small_object_keeps_its_checksum_algorithm(moto_server, unique, s3):
 
 def test_sse_c_in_the_inventory_is_skipped_without_a_request():
     row = anon.process({"bucket": "no-such-bucket-anywhere", "key": "k", "size": 5, "encryption_status": "SSE-C"},
-                       settings("ssec"), anon.BucketInfo(acls_enabled=True, owner_id=None))
+                       settings("ssec"), BucketInfo(acls_enabled=True, owner_id=None))
     got = dict(zip(results.FIELDS, row))
 
     assert (got["status"], got["requests"]) == (anon.SKIPPED_SSE_C, 0)

@@ -27,6 +27,7 @@ from unittest import mock
 
 import pytest
 from s3lake.anonymize import job as anon
+from s3lake.anonymize import writes
 from s3lake.objects import results
 from s3lake.replication import copy_in_place as cip
 from s3lake_testbed import seed
@@ -284,7 +285,7 @@ def test_anonymize_under_faults_rewrites_each_object_at_most_once_and_never_half
         if obj["changes"]:
             assert row.status == anon.ANONYMIZED, (key, row.status, row.error_message)
             assert versions[key] == was["versions"] + 1, key  # rewritten once, even after a lost response
-            assert now.pop("metadata") == {**was["metadata"], anon.MARKER: "faulty"}, key
+            assert now.pop("metadata") == {**was["metadata"], writes.MARKER: "faulty"}, key
             for name in ("sha256", "size", "versions"):
                 now.pop(name)
             assert now == {k: v for k, v in was.items()
@@ -332,7 +333,7 @@ def test_anonymize_reads_an_object_again_when_its_download_is_cut_and_writes_it_
         assert observed["faults"] == {("truncate", "GetObject"): 1} and observed["counts"]["GetObject"] == 2
         assert direct.get_object(Bucket=bucket, Key=key)["Body"].read() == expected
         assert version_counts(direct, bucket)[key] == 2
-        assert direct.head_object(Bucket=bucket, Key=key)["Metadata"] == {"m": key, anon.MARKER: "cut"}
+        assert direct.head_object(Bucket=bucket, Key=key)["Metadata"] == {"m": key, writes.MARKER: "cut"}
     assert observed["counts"]["AbortMultipartUpload"] == 1
     assert direct.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 

@@ -4,6 +4,8 @@ importing upward, and the test bed (moto, the proxy, the demo) outside the produ
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,12 @@ def test_every_package_says_what_lives_there_and_who_may_import_it():
         doc = ast.get_docstring(ast.parse((LIB / package / "__init__.py").read_text(encoding="utf-8")))
         assert doc and "import" in doc, package
 
+
+
+def test_the_pure_line_rewrite_loads_neither_spark_nor_boto():
+    """The anonymizer's line rewrite is testable without S3 or Spark: importing it (and the rules it
+    applies) pulls in neither."""
+    probe = ("import sys; import s3lake.anonymize.rewrite, s3lake.anonymize.rules; "
+             "print(sorted(m for m in ('pyspark', 'boto3', 'botocore', 'pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

@@ -14,6 +14,7 @@ from typing import Iterator
 
 import pytest
 from s3lake.anonymize import job as anon
+from s3lake.anonymize import writes
 from s3lake.replication import copy_in_place as cip
 from s3lake_testbed.proxy import LimitPlan
 from s3lake_testbed.replication import replicate_everything
@@ -103,7 +104,7 @@ def test_anonymize_at_the_prefix_limit_rewrites_every_object_once(spark, proxy, 
         assert now.pop("tags") == sorted(set(was["tags"]) | {("PROCESSED", "true")}), key
         if obj["changes"]:
             assert versions[key] == was["versions"] + 1, key  # rewritten exactly once
-            assert now.pop("metadata") == {**was["metadata"], anon.MARKER: "limited"}, key
+            assert now.pop("metadata") == {**was["metadata"], writes.MARKER: "limited"}, key
             for name in ("sha256", "size", "versions"):
                 now.pop(name)
             assert now == {k: v for k, v in was.items() if k not in ("tags", "metadata", "sha256", "size", "versions")}

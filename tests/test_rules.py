@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import gzip
 import hashlib
 import hmac
-import json
 from pathlib import Path
 
 import pytest
-from s3lake.anonymize import job, rules
+from s3lake.anonymize import job, rules, writes
 from s3lake.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,52 +183,6 @@ def test_rules_and_hmac_key_come_from_s3_and_ssm_securestring(moto_server, s3, u
 # ------------------------------------------------------------------------------------- lines and bytes
 
 
-def test_untouched_lines_stay_byte_identical_and_changed_lines_keep_their_style():
-    rs = ruleset({"path": "f", "action": "blank"})
-    untouched = b'{"g":  1.50, "h": "\\u00e9"}\r\n'
-    assert job.rewrite_line(untouched, rs) == (None, [])
-    assert job.rewrite_line(b'{"f": "x", "e": "\\u00e9"}\r\n', rs) == (b'{"f": "", "e": "\\u00e9"}\r\n', ["f"])
-    assert job.rewrite_line('{"f":"x","e":"é"}'.encode(), rs) == ('{"f":"","e":"é"}'.encode(), ["f"])
-    assert job.rewrite_line(b"   \n", rs) == (None, [])
-
-
-@pytest.mark.parametrize("line", [b'{"f": NaN}\n', b'{"f": 1\n', b"\xff\xfe\n", b"plain text\n"])
-def test_non_json_lines_raise(line):
-    with pytest.raises(ValueError):
-        job.rewrite_line(line, ruleset({"path": "f", "action": "blank"}))
-
-
-def test_lines_split_across_chunks_and_a_missing_final_newline_are_kept():
-    chunks = [b'{"a":', b'1}\n{"b"', b":2}\n", b'{"c":3}']
-    assert list(job.line_batches(chunks)) == [([b'{"a":1}'], True), ([b'{"b":2}'], True), ([b'{"c":3}'], False)]
-    with pytest.raises(job.BadLine, match="line 2: longer than 10 bytes"):
-        list(job.line_batches([b"short\n", b"x" * 8, b"y" * 8], max_line=10))
-    with pytest.raises(job.BadLine, match="line 3: longer than 10 bytes"):
-        list(job.line_batches([b"a\nb\n" + b"z" * 10 + b"\n"], max_line=10))
-
-
-def test_chunks_are_rewritten_line_by_line_whatever_the_chunk_boundaries():
-    rs = ruleset({"path": "f", "action": "blank"})
-    data = b'{"f": "x"}\r\n{"g":  1.50}\n\n{"f":"y","h":[1, 2]}\n{"g": 2}'
-    want = b'{"f": ""}\r\n{"g":  1.50}\n\n{"f":"","h":[1,2]}\n{"g": 2}'
-    for size in (1, 3, 7, len(data)):
-        stats = job.Stats()
-        chunks = [data[i:i + size] for i in range(0, len(data), size)]
-        assert b"".join(job.rewrite_chunks(chunks, rs, stats)) == want
-        assert (stats.lines, stats.records_changed, dict(stats.fields)) == (5, 2, {"f": 2})
-    with pytest.raises(job.BadLine, match="line 3: not valid JSON"):
-        list(job.rewrite_chunks([b'{"f": 1}\n{}\n', b'{"f": \n'], rs, job.Stats()))
-
-
-def test_multi_member_gzip_is_read_whole():
-    raw = gzip.compress(b'{"a":1}\n') + gzip.compress(b'{"b":2}\n')
-    stats = job.Stats()
-    got = b"".join(job.decoded_chunks([raw[:5], raw[5:]], True, stats))
-    assert got == b'{"a":1}\n{"b":2}\n' and stats.bytes_in == len(raw)
-    with pytest.raises(job.BadLine, match="not gzip"):
-        list(job.decoded_chunks([b"plain"], True, job.Stats()))
-
-
 @pytest.mark.parametrize("text,seconds", [("300", 300), ("300s", 300), ("5m", 300), ("2h", 7200), ("1d", 86400)])
 def test_min_age_units(text, seconds):
     assert job.parse_min_age(text) == seconds
@@ -246,11 +198,11 @@ def test_bad_options_are_config_errors():
 
 def test_tags_merge_replaces_the_processed_key_and_refuses_an_eleventh():
     tags = [{"Key": "a", "Value": "1"}, {"Key": "PROCESSED", "Value": "false"}]
-    assert job.merge_tags(tags, ("PROCESSED", "true")) == [{"Key": "a", "Value": "1"},
-                                                                  {"Key": "PROCESSED", "Value": "true"}]
-    with pytest.raises(job.TooManyTags, match="exceed S3's 10"):
-        job.merge_tags([{"Key": f"k{i}", "Value": "v"} for i in range(10)], ("PROCESSED", "true"))
-    assert job.tagging_header([{"Key": "a b", "Value": "x&y=z"}]) == "a%20b=x%26y%3Dz"
+    assert writes.merge_tags(tags, ("PROCESSED", "true")) == [{"Key": "a", "Value": "1"},
+                                                                {"Key": "PROCESSED", "Value": "true"}]
+    with pytest.raises(writes.TooManyTags, match="exceed S3's 10"):
+        writes.merge_tags([{"Key": f"k{i}", "Value": "v"} for i in range(10)], ("PROCESSED", "true"))
+    assert writes.tagging_header([{"Key": "a b", "Value": "x&y=z"}]) == "a%20b=x%26y%3Dz"
 
 
 def test_rules_digest_is_part_of_the_default_run_id():
@@ -258,9 +210,3 @@ def test_rules_digest_is_part_of_the_default_run_id():
     assert one == job.default_run_id("src/daily/2026-11-24T00-00Z", "a" * 64)
     assert one != job.default_run_id("src/daily/2026-11-24T00-00Z", "b" * 64)
     assert "/" not in one and "=" not in one
-
-
-def test_fields_changed_is_sorted_json():
-    stats = job.Stats()
-    stats.fields.update(["b", "a", "b"])
-    assert json.loads(stats.fields_json()) == {"a": 1, "b": 2}

@@ -36,7 +36,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from s3lake import aws
 from s3lake.errors import ConfigError
 
 ACTIONS = ("blank", "null", "drop", "hmac", "mask", "redact")
@@ -195,6 +194,8 @@ def parse_rules(doc: Any, digest: str = "") -> RuleSet:
 
 def load(location: str) -> RuleSet:
     """Read and validate a rules file from a local path or an ``s3://`` URL."""
+    from s3lake import aws  # the I/O edge: the rules themselves need neither boto3 nor S3
+
     try:
         if location.startswith(("s3://", "s3a://", "s3n://")):
             bucket, key = aws.split_s3_url(location)
@@ -218,6 +219,8 @@ def load(location: str) -> RuleSet:
 
 def hmac_key(param: str | None, environ: Mapping[str, str]) -> Secret | None:
     """The HMAC key: the SSM SecureString ``param`` (decrypted), else ``S3LAKE_HMAC_KEY``, else None."""
+    from s3lake import aws
+
     if param:
         try:
             value = aws.client("ssm").get_parameter(Name=param, WithDecryption=True)["Parameter"]["Value"]
