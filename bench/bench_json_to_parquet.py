@@ -107,14 +107,15 @@ def _measured(spark, fn) -> tuple[float, float | None]:
 
 
 def _schema():
-    from s3lake.parquet.convert import load_schema
+    from s3lake.parquet.options import load_schema
     from s3lake_testbed.demo.json_to_parquet import SCHEMA_FILE
 
     return load_schema(str(SCHEMA_FILE))
 
 
 def _run_job(spark, inputs: list[str], out: str, reuse: bool = True) -> None:
-    from s3lake.parquet.convert import Options, convert
+    from s3lake.parquet.convert import convert
+    from s3lake.parquet.options import Options
 
     convert(spark, Options(inputs=inputs, output=out, schema=_schema(), timestamp_field="event_time",
                            partition_by=["dt"], reuse_shuffle=reuse, target_file_size=TARGET))
@@ -123,7 +124,8 @@ def _run_job(spark, inputs: list[str], out: str, reuse: bool = True) -> None:
 def _run_bare(spark, inputs: list[str], out: str, strategy: str = "rebalance") -> None:
     """Read with the schema -> dt -> the write's shuffle -> partitioned Parquet; no checks."""
     from pyspark.sql import functions as F
-    from s3lake.parquet.convert import _event_ts, advisory_size, rebalanced
+    from s3lake.parquet.read import _event_ts
+    from s3lake.parquet.write import advisory_size, rebalanced
 
     schema = _schema()
     df = spark.read.schema(schema).json(inputs)
@@ -248,7 +250,7 @@ def main() -> int:
               f"largest {s['largest']:6.1%}  {s['file_mb']:5.1f} MiB/file of {s['mb']:.0f} MiB "
               f"(size / target = {s['mb'] * 2 ** 20 / TARGET:.1f})")
     if before is not None and after is not None:
-        from s3lake.parquet.convert import SHUFFLE_BYTES_PER_PARQUET_BYTE
+        from s3lake.parquet.write import SHUFFLE_BYTES_PER_PARQUET_BYTE
 
         parquet = split(out / "day-job")["mb"]
         shuffled = (after - before) / 2 ** 20

@@ -24,7 +24,8 @@ import sys
 from typing import Sequence
 
 from s3lake import cli, glue_catalog
-from s3lake.parquet import convert as j2p
+from s3lake.parquet import options
+from s3lake.parquet.convert import convert
 from s3lake.spark import get_session
 
 
@@ -39,7 +40,7 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--timestamp-field", required=True, metavar="FIELD")
     p.add_argument("--partition-by", default="dt", help="dt (default), or year/month/day[/hour]")
     p.add_argument("--table", metavar="DB.TABLE", help="create/update this Glue table and its partitions")
-    p.add_argument("--mode", choices=j2p.MODES, default=j2p.REPLACE_BATCHES,
+    p.add_argument("--mode", choices=options.MODES, default=options.REPLACE_BATCHES,
                    help="replace-batches (default): replace this input's arrival-hour batches only; "
                         "rebuild-partitions: replace whole event partitions (a backfill from all their "
                         "inputs); append: add files")
@@ -51,7 +52,7 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--bad-records", metavar="PATH", help="default: <output>_bad_records")
     p.add_argument("--max-bad-fraction", type=float, default=0.01, metavar="F",
                    help="fail when more than this share of records is bad (default 0.01)")
-    p.add_argument("--unknown-fields-sample", type=int, default=j2p.DEFAULT_UNKNOWN_FIELDS_SAMPLE, metavar="N",
+    p.add_argument("--unknown-fields-sample", type=int, default=options.DEFAULT_UNKNOWN_FIELDS_SAMPLE, metavar="N",
                    help="count unknown top-level fields in 1 of N records (default 64; 1: every record, "
                         "which parses each line twice)")
     p.add_argument("--reread-input", action="store_true",
@@ -59,16 +60,16 @@ def parse_args(argv: Sequence[str] | None):
     return p.parse_args(argv)
 
 
-def options(args) -> j2p.Options:
+def job_options(args) -> options.Options:
     """The job's options from the arguments; every config error surfaces here, before Spark starts
     (except --schema-table, which reads Glue)."""
-    schema = j2p.load_schema(args.schema) if args.schema else glue_catalog.schema_from_table(args.schema_table)
-    opts = j2p.Options(
+    schema = options.load_schema(args.schema) if args.schema else glue_catalog.schema_from_table(args.schema_table)
+    opts = options.Options(
         inputs=list(args.input),
         output=args.output,
         schema=schema,
         timestamp_field=args.timestamp_field,
-        partition_by=j2p.parse_partition_by(args.partition_by),
+        partition_by=options.parse_partition_by(args.partition_by),
         table=args.table,
         dedup_keys=[k.strip() for k in args.dedup_key.split(",") if k.strip()],
         max_records_per_file=args.max_records_per_file,
@@ -76,18 +77,18 @@ def options(args) -> j2p.Options:
         mode=args.mode,
         max_bad_fraction=args.max_bad_fraction,
         reuse_shuffle=not args.reread_input,
-        target_file_size=j2p.parse_size(args.target_file_size),
+        target_file_size=options.parse_size(args.target_file_size),
         unknown_fields_sample=args.unknown_fields_sample,
     )
-    j2p.validate(opts)
+    options.validate(opts)
     return opts
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    opts = options(args)
+    opts = job_options(args)
     spark = get_session("s3lake-json-to-parquet")
-    summary = j2p.convert(spark, opts)
+    summary = convert(spark, opts)
     print(json.dumps({"json_to_parquet": summary}, sort_keys=True), flush=True)
     return 0
 

@@ -136,4 +136,3 @@ def test_json_to_parquet_keeps_calling_the_guard():
     from s3lake.parquet import convert
 
     assert convert.check_committer is c.check_committer
-    assert convert.committer_conflicts is c.committer_conflicts

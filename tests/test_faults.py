@@ -534,6 +534,7 @@ FAILING_DRIVER = textwrap.dedent('''
 
     from pyspark import TaskContext
     from s3lake.parquet import convert as j2p
+    from s3lake.parquet import read, write
 
     LOG = os.environ["S3LAKE_TEST_ATTEMPTS"]
 
@@ -566,8 +567,9 @@ FAILING_DRIVER = textwrap.dedent('''
         return wrapped
 
 
-    j2p.read_lines = failing("read", j2p.read_lines)
-    j2p.for_writing = failing("write", j2p.for_writing)
+    # Where convert looks them up (it imports the steps by name).
+    j2p.read_lines = failing("read", read.read_lines)
+    j2p.for_writing = failing("write", write.for_writing)
     job = sys.argv.pop(1)
     sys.argv[0] = job
     runpy.run_path(job, run_name="__main__")

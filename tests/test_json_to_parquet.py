@@ -12,7 +12,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from s3lake import glue_catalog
 from s3lake.errors import ConfigError
+from s3lake.parquet import arrival_batches, read, write
 from s3lake.parquet import convert as j2p
+from s3lake.parquet.options import REBUILD_PARTITIONS, Options, parse_partition_by, validate
 from s3lake_testbed.seed import make_glue_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +46,7 @@ BAD = [
 
 
 def lines_df(spark, lines):
-    return spark.createDataFrame([(v, "f.json") for v in lines], f"value string, {j2p.FILE} string")
+    return spark.createDataFrame([(v, "f.json") for v in lines], f"value string, {read.FILE} string")
 
 
 def write_input(directory: Path, name: str, lines, *, gz: bool = True) -> str:
@@ -55,11 +57,11 @@ def write_input(directory: Path, name: str, lines, *, gz: bool = True) -> str:
     return str(path)
 
 
-def options(tmp_path: Path, inputs, **kw) -> j2p.Options:
+def options(tmp_path: Path, inputs, **kw) -> Options:
     base = dict(inputs=inputs, output=str(tmp_path / "out"), schema=SCHEMA, timestamp_field="ts",
                 partition_by=["dt"], max_bad_fraction=1.0, unknown_fields_sample=1)
     base.update(kw)
-    return j2p.Options(**base)
+    return Options(**base)
 
 
 def layout(root: Path) -> dict[str, int]:
@@ -71,8 +73,8 @@ def layout(root: Path) -> dict[str, int]:
 
 
 def test_parses_nested_fields_and_all_timestamp_styles_and_flags_bad_records(spark):
-    got = j2p.with_partitions(j2p.parse_records(lines_df(spark, GOOD + BAD), SCHEMA, "ts"), ["dt"])
-    got = got.select("id", "user", "tags", "dt", j2p.REASON, j2p.UNKNOWN).orderBy("id")
+    got = read.with_partitions(read.parse_records(lines_df(spark, GOOD + BAD), SCHEMA, "ts"), ["dt"])
+    got = got.select("id", "user", "tags", "dt", read.REASON, read.UNKNOWN).orderBy("id")
     user = T.StructType(SCHEMA["user"].dataType.fields)
     expected = spark.createDataFrame(
         [
@@ -80,49 +82,49 @@ def test_parses_nested_fields_and_all_timestamp_styles_and_flags_bad_records(spa
             ("b", (2, None), [], "2024-05-02", None, 0),
             ("c", None, None, "2024-05-02", None, 2),
             ("d", None, ["z"], "2024-05-03", None, 0),
-            (None, None, None, None, j2p.BAD_MALFORMED, 0),
-            ("e", (None, None), None, None, j2p.BAD_MALFORMED, 0),
-            ("f", None, None, None, j2p.BAD_MALFORMED, 0),
-            ("h", (3, None), None, None, j2p.BAD_TS_MISSING, 0),
-            ("i", None, None, None, j2p.BAD_TS_UNPARSEABLE, 0),
+            (None, None, None, None, read.BAD_MALFORMED, 0),
+            ("e", (None, None), None, None, read.BAD_MALFORMED, 0),
+            ("f", None, None, None, read.BAD_MALFORMED, 0),
+            ("h", (3, None), None, None, read.BAD_TS_MISSING, 0),
+            ("i", None, None, None, read.BAD_TS_UNPARSEABLE, 0),
         ],
         T.StructType([
             T.StructField("id", T.StringType()), T.StructField("user", user),
             T.StructField("tags", T.ArrayType(T.StringType())), T.StructField("dt", T.StringType()),
-            T.StructField(j2p.REASON, T.StringType()), T.StructField(j2p.UNKNOWN, T.IntegerType(), False),
+            T.StructField(read.REASON, T.StringType()), T.StructField(read.UNKNOWN, T.IntegerType(), False),
         ]),
     ).orderBy("id")
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
 
 
 def test_bad_rows_keep_their_raw_line_and_good_rows_do_not(spark):
-    got = j2p.parse_records(lines_df(spark, GOOD[:1] + BAD[2:3]), SCHEMA, "ts").select(j2p.RAW)
-    expected = spark.createDataFrame([(None,), (BAD[2],)], f"{j2p.RAW} string")
+    got = read.parse_records(lines_df(spark, GOOD[:1] + BAD[2:3]), SCHEMA, "ts").select(read.RAW)
+    expected = spark.createDataFrame([(None,), (BAD[2],)], f"{read.RAW} string")
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
 
 
 
 def test_blank_and_whitespace_lines_are_skipped_and_other_lines_are_kept(spark):
     lines = ["", "   ", "\t \t", GOOD[0], " " + GOOD[1], "[1, 2]", "null", BAD[2]]
-    got = j2p.parse_records(lines_df(spark, lines), SCHEMA, "ts").select("id", j2p.REASON)
+    got = read.parse_records(lines_df(spark, lines), SCHEMA, "ts").select("id", read.REASON)
     expected = spark.createDataFrame(
-        [("a", None), ("b", None), (None, j2p.BAD_MALFORMED), (None, j2p.BAD_MALFORMED), (None, j2p.BAD_MALFORMED)],
-        f"id string, {j2p.REASON} string")
+        [("a", None), ("b", None), (None, read.BAD_MALFORMED), (None, read.BAD_MALFORMED), (None, read.BAD_MALFORMED)],
+        f"id string, {read.REASON} string")
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
 
 def test_unknown_fields_are_counted_in_a_deterministic_sample_of_the_records(spark):
     lines = [f'{{"id":"{i}","ts":1714525200,"extra":{i}}}' for i in range(2000)]
-    first = j2p.parse_records(lines_df(spark, lines), SCHEMA, "ts", unknown_fields_sample=16)
-    counted = first.where(F.col(j2p.UNKNOWN).isNotNull())
+    first = read.parse_records(lines_df(spark, lines), SCHEMA, "ts", unknown_fields_sample=16)
+    counted = first.where(F.col(read.UNKNOWN).isNotNull())
     assert 2000 / 16 * 0.7 < counted.count() < 2000 / 16 * 1.3
-    assert counted.where(F.col(j2p.UNKNOWN) != 1).count() == 0  # each counted record has its one extra field
-    again = j2p.parse_records(lines_df(spark, lines), SCHEMA, "ts", unknown_fields_sample=16)
-    assert_df_equality(again.where(F.col(j2p.UNKNOWN).isNotNull()), counted, ignore_row_order=True)
+    assert counted.where(F.col(read.UNKNOWN) != 1).count() == 0  # each counted record has its one extra field
+    again = read.parse_records(lines_df(spark, lines), SCHEMA, "ts", unknown_fields_sample=16)
+    assert_df_equality(again.where(F.col(read.UNKNOWN).isNotNull()), counted, ignore_row_order=True)
 
 
 def test_partition_columns_year_month_day_hour_in_utc(spark):
-    df = j2p.parse_records(lines_df(spark, GOOD[2:3]), SCHEMA, "ts")
-    got = j2p.with_partitions(df, ["year", "month", "day", "hour"]).select("year", "month", "day", "hour")
+    df = read.parse_records(lines_df(spark, GOOD[2:3]), SCHEMA, "ts")
+    got = read.with_partitions(df, ["year", "month", "day", "hour"]).select("year", "month", "day", "hour")
     expected = spark.createDataFrame([("2024", "05", "02", "01")], "year string, month string, day string, hour string")
     assert_df_equality(got, expected, ignore_nullable=True)
 
@@ -133,8 +135,8 @@ def test_dedup_keeps_the_earliest_record_per_key(spark):
         '{"id":"a","ts":"2024-05-01T09:00:00Z","tags":["early"]}',
         '{"id":"b","ts":"2024-05-01T09:00:00Z","tags":["only"]}',
     ]
-    df = j2p.parse_records(lines_df(spark, lines), SCHEMA, "ts")
-    got = j2p.dedup(df, ["id"], DATA_COLS).select("id", "tags")
+    df = read.parse_records(lines_df(spark, lines), SCHEMA, "ts")
+    got = read.dedup(df, ["id"], DATA_COLS).select("id", "tags")
     expected = spark.createDataFrame([("a", ["early"]), ("b", ["only"])], "id string, tags array<string>")
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
 
@@ -151,13 +153,13 @@ def test_writes_partitions_quarantines_bad_records_and_a_rerun_is_identical(spar
 
     assert first == second
     assert first["input_records"] == 9 and first["bad_records"] == 5 and first["written_records"] == 4
-    assert first["bad_by_reason"] == {j2p.BAD_MALFORMED: 3, j2p.BAD_TS_MISSING: 1, j2p.BAD_TS_UNPARSEABLE: 1}
+    assert first["bad_by_reason"] == {read.BAD_MALFORMED: 3, read.BAD_TS_MISSING: 1, read.BAD_TS_UNPARSEABLE: 1}
     assert first["unknown_fields_ignored"] == 2 and first["records_with_unknown_fields"] == 1
     assert first["records_checked_for_unknown_fields"] == 4
     # one record per file (--max-records-per-file 1): 2024-05-02 holds b and c; no empty files. The input
     # is not in the arrival layout: one batch, named by its --input arguments.
     batch = "batch=" + first["batches"][0]
-    assert first["batches"] == [j2p.arrival_batches.input_batch_id(inputs)]
+    assert first["batches"] == [arrival_batches.input_batch_id(inputs)]
     assert files_first == {f"dt=2024-05-01/{batch}": 1, f"dt=2024-05-02/{batch}": 2,
                            f"dt=2024-05-03/{batch}": 1} == layout(out)
     assert spark.read.parquet(opts.output).orderBy("id").collect() == data_first
@@ -167,8 +169,8 @@ def test_writes_partitions_quarantines_bad_records_and_a_rerun_is_identical(spar
     assert bad_dir == tmp_path / "out_bad_records" and [p.name for p in bad_dir.iterdir() if p.is_dir()] == [batch]
     bad = spark.read.json(str(bad_dir)).drop("batch")
     expected = spark.createDataFrame(
-        [(Path(inputs[0]).name, reason, raw) for raw, reason in zip(BAD, [j2p.BAD_MALFORMED] * 3 + [
-            j2p.BAD_TS_MISSING, j2p.BAD_TS_UNPARSEABLE])],
+        [(Path(inputs[0]).name, reason, raw) for raw, reason in zip(BAD, [read.BAD_MALFORMED] * 3 + [
+            read.BAD_TS_MISSING, read.BAD_TS_UNPARSEABLE])],
         "input_file string, reason string, record string",
     )
     got = bad.withColumn("input_file", F.element_at(F.split("input_file", "/"), -1))
@@ -177,9 +179,9 @@ def test_writes_partitions_quarantines_bad_records_and_a_rerun_is_identical(spar
 
 def test_rebuild_partitions_replaces_whole_event_partitions_the_input_touches(spark, tmp_path):
     first = write_input(tmp_path / "in1", "x", GOOD[:2])    # 2024-05-01, 2024-05-02
-    j2p.convert(spark, options(tmp_path, [first], mode=j2p.REBUILD_PARTITIONS))
+    j2p.convert(spark, options(tmp_path, [first], mode=REBUILD_PARTITIONS))
     replacement = write_input(tmp_path / "in2", "y", ['{"id":"b2","ts":1714608000}'])  # 2024-05-02 only
-    j2p.convert(spark, options(tmp_path, [replacement], mode=j2p.REBUILD_PARTITIONS))
+    j2p.convert(spark, options(tmp_path, [replacement], mode=REBUILD_PARTITIONS))
     got = spark.read.parquet(str(tmp_path / "out")).select("id", F.col("dt").cast("string"))
     expected = spark.createDataFrame([("a", "2024-05-01"), ("b2", "2024-05-02")], "id string, dt string")
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
@@ -191,12 +193,12 @@ def test_a_big_day_is_written_by_several_tasks_and_small_days_by_one_each(spark,
         return spark.range(0, n, 1, parts).select("id", day.alias("dt"), F.sha2(F.col("id").cast("string"), 256)
                                                    .alias("pad"))  # incompressible: AQE counts shuffle bytes
 
-    before = spark.conf.get(j2p.ADVISORY_SIZE, None)
+    before = spark.conf.get(write.ADVISORY_SIZE, None)
     big, small = day_rows(8000, 1, 4), day_rows(90, 3, 4)  # 4 map tasks each
-    with j2p.advisory_size(spark, 64 * 1024):
-        j2p.for_writing(big, ["id", "pad"], ["dt"]).write.partitionBy("dt").parquet(str(tmp_path / "big"))
-        j2p.for_writing(small, ["id", "pad"], ["dt"]).write.partitionBy("dt").parquet(str(tmp_path / "small"))
-    assert spark.conf.get(j2p.ADVISORY_SIZE, None) == before
+    with write.advisory_size(spark, 64 * 1024):
+        write.for_writing(big, ["id", "pad"], ["dt"]).write.partitionBy("dt").parquet(str(tmp_path / "big"))
+        write.for_writing(small, ["id", "pad"], ["dt"]).write.partitionBy("dt").parquet(str(tmp_path / "small"))
+    assert spark.conf.get(write.ADVISORY_SIZE, None) == before
     assert layout(tmp_path / "big") == {"dt=2024-05-01": 4}  # repartition(dt) wrote 1
     assert layout(tmp_path / "small") == {"dt=2024-05-01": 1, "dt=2024-05-02": 1, "dt=2024-05-03": 1}
     got = spark.read.parquet(str(tmp_path / "big")).select("id", F.col("dt").cast("string"), "pad")
@@ -205,7 +207,7 @@ def test_a_big_day_is_written_by_several_tasks_and_small_days_by_one_each(spark,
 
 def test_too_many_bad_records_fails_without_touching_the_output(spark, tmp_path):
     inputs = [write_input(tmp_path / "in", "bad", GOOD[:1] + BAD)]
-    with pytest.raises(j2p.TooManyBadRecords, match="5 of 6 records are bad"):
+    with pytest.raises(read.TooManyBadRecords, match="5 of 6 records are bad"):
         j2p.convert(spark, options(tmp_path, inputs, max_bad_fraction=0.5))
     assert not (tmp_path / "out").exists()
     assert len(list((tmp_path / "out_bad_records").rglob("*.json"))) == 1
@@ -296,8 +298,8 @@ def test_cli_converts_with_the_shipped_example_schema(spark, tmp_path, capsys):
 
 def test_invalid_options_are_config_errors():
     with pytest.raises(ConfigError, match="--partition-by"):
-        j2p.parse_partition_by("week")
+        parse_partition_by("week")
     with pytest.raises(ConfigError, match="--timestamp-field"):
-        j2p.validate(j2p.Options(inputs=["x"], output="o", schema=SCHEMA, timestamp_field="nope"))
+        validate(Options(inputs=["x"], output="o", schema=SCHEMA, timestamp_field="nope"))
     with pytest.raises(ConfigError, match="DB.TABLE"):
         glue_catalog.split_table_name("no_dot")

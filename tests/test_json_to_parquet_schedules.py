@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from s3lake.parquet import arrival_batches
 from s3lake.parquet import convert as j2p
+from s3lake.parquet.options import REBUILD_PARTITIONS, Options
 from s3lake_testbed.seed import make_glue_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +44,8 @@ def expected_rows(hours) -> list[tuple[str, str]]:
     return sorted((i, t[:10]) for h in hours for recs in ARRIVALS[h].values() for i, t in recs)
 
 
-def options(out: Path, inputs, **kw) -> j2p.Options:
-    return j2p.Options(inputs=[str(i) for i in inputs], output=str(out), schema=SCHEMA, timestamp_field="ts", **kw)
+def options(out: Path, inputs, **kw) -> Options:
+    return Options(inputs=[str(i) for i in inputs], output=str(out), schema=SCHEMA, timestamp_field="ts", **kw)
 
 
 def table(spark, out: Path):
@@ -165,12 +166,12 @@ def test_rebuild_partitions_mode_replaces_whole_days_and_keeps_the_flat_layout(s
     raw, out = tmp_path / "raw", tmp_path / "events"
     for hour in ARRIVALS:
         arrive(raw, hour)
-    j2p.convert(spark, options(out, [raw], mode=j2p.REBUILD_PARTITIONS))
+    j2p.convert(spark, options(out, [raw], mode=REBUILD_PARTITIONS))
     assert_table(spark, out, list(ARRIVALS))
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["dt=2024-05-31", "dt=2024-06-01"]
     assert not list(out.rglob("batch=*"))
     # what the issue reported: a later input's few late records replace the whole day
-    j2p.convert(spark, options(out, [raw / "2024/06/01/00"], mode=j2p.REBUILD_PARTITIONS))
+    j2p.convert(spark, options(out, [raw / "2024/06/01/00"], mode=REBUILD_PARTITIONS))
     expected = spark.createDataFrame([("c1", "2024-05-31"), ("c2", "2024-06-01")], "id string, dt string")
     assert_df_equality(table(spark, out), expected, ignore_row_order=True, ignore_nullable=True)
 

@@ -95,7 +95,8 @@ def run(workdir: str, spark) -> None:
     """Generate ~600 records in 3 files of one arrival hour, convert them into a Glue table (one batch
     per arrival hour under each event day), print the summary."""
     from s3lake import glue_catalog
-    from s3lake.parquet.convert import Options, convert, load_schema
+    from s3lake.parquet.convert import convert
+    from s3lake.parquet.options import Options, load_schema
 
     from s3lake_testbed.seed import make_glue_database
 
