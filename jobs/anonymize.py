@@ -5,18 +5,22 @@
         --rules PATH_OR_S3_URL --results PATH [--hmac-key-param NAME] [--min-age 300s] \\
         [--processed-tag PROCESSED=true] [--dry-run] [--run-id ID] [--concurrency N] [--partitions N] \\
         [--part-size BYTES] [--purge-noncurrent] [--results-table DB.TABLE] [--max-failures N] \\
-        [--request-payer requester] [--max-requests-per-second N] [--object-deadline 15m] \\
-        [--progress-interval 30]
+        [--allow-unmatched-rules] [--request-payer requester] [--max-requests-per-second N] \\
+        [--object-deadline 15m] [--progress-interval 30]
 
 Each object is replaced atomically under its own key (conditional on the ETag read, every attribute,
 ACL grant and tag kept, plus the processed tag), or only tagged when no line changed. The HMAC key
 comes from the SSM SecureString ``--hmac-key-param`` or the ``S3LAKE_HMAC_KEY`` environment variable.
 Writes one result row per object under ``--results`` (Parquet, partition ``run_id=...``) and prints a
-summary. Exit status: 0, 1 when FAILED objects exceed ``--max-failures``, 2 for bad input (nothing read).
+summary with each rule's counts (fields reached / changed). Rule paths reach keys holding dots
+(``id.orig_h``; ```id.orig_h``` in backticks: only that key). Exit status: 0; 1 when FAILED objects exceed
+``--max-failures``, when a rule reached no field in any object read (unless ``--allow-unmatched-rules``),
+or when the results are written but not registered in ``--results-table``; 2 for bad input (nothing read).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -31,7 +35,7 @@ from s3lake.spark import get_session
 log = logging.getLogger("s3lake.anonymize")
 
 
-def parse_args(argv: Sequence[str] | None):
+def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("anonymize.py", __doc__.split("\n\n")[0])
     cli.add_inventory_source(p, [("--source", "S3_URL", "s3://bucket/prefix/ to list (ListObjectsV2)")])
     run_options.add(p, concurrency=16, dry_run_help="write nothing; report records and fields per object",
@@ -46,6 +50,13 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--purge-noncurrent", action="store_true",
                    help="after a rewrite, delete the version that was read (its data is not anonymized)")
     p.add_argument("--results-table", metavar="DB.TABLE", help="Glue table to create/update over --results")
+    p.add_argument("--allow-unmatched-rules", action="store_true",
+                   help="exit 0 even when a rule reached no field in any scanned object (default: exit 1)")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None):
+    p = build_parser()
     args = p.parse_args(argv)
     cli.check_inventory_source(p, args)
     run_options.check(p, args)
@@ -86,12 +97,20 @@ def _main(argv: Sequence[str] | None = None) -> int:
         request_payer=args.request_payer,
     )
     log.info("run %s over %s with %d rules", run_id, source_id, len(ruleset.rules))
-    summary, _ = job.run(spark, candidates, settings, args.results, args.partitions, bucket_counts,
-                               run_options.pace(args))
-    if args.results_table:
-        results_table.register_run(args.results_table, args.results, results.SCHEMA, run_id)
+    summary, frame = job.run(spark, candidates, settings, args.results, args.partitions, bucket_counts,
+                             run_options.pace(args))
+    totals = job.rule_totals(frame, ruleset.labels)
     title = f"anonymize run {run_id}{' (dry run)' if args.dry_run else ''}"
-    return results.report(title, summary, args.max_failures, args.results, run_id)
+    status = results.report(title, summary, args.max_failures, args.results, run_id)
+    print(job.format_rule_totals(totals), flush=True)
+    if totals["unmatched"] and not args.allow_unmatched_rules:
+        print(f"s3lake: rule(s) {', '.join(totals['unmatched'])} reached no field in the "
+              f"{totals['scanned_objects']} objects scanned: check the paths (a dry run shows the same counts; "
+              "`a.b` in backticks is the literal key a.b), or pass --allow-unmatched-rules", file=sys.stderr)
+        status = max(status, 1)
+    if args.results_table:  # after the summary: a failure here says what is written and how to register it
+        results_table.register_after_run(args.results_table, args.results, results.SCHEMA, run_id)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,7 @@ also a source bucket that is missing, in another region or denied, and a missing
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import sys
@@ -35,7 +36,7 @@ from s3lake.spark import get_session
 log = logging.getLogger("s3lake.copy_in_place")
 
 
-def parse_args(argv: Sequence[str] | None):
+def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("copy_in_place.py", __doc__.split("\n\n")[0])
     cli.add_inventory_source(p, [("--from-report", "PATH",
                                   "replication report (dataset or run_id=... partition): copy its FAILED objects")])
@@ -55,6 +56,11 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--prices", metavar="FILE", help="price table for the dry run's estimate "
                                                      "(default conf/prices/us-east-1.json)")
     p.add_argument("--results-table", metavar="DB.TABLE", help="Glue table to create/update over --results")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None):
+    p = build_parser()
     args = p.parse_args(argv)
     cli.check_inventory_source(p, args)
     run_options.check(p, args)
@@ -109,14 +115,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
     )
     summary, _ = copy_in_place.run(spark, candidates, settings, args.results, args.partitions,
                                    run_options.pace(args))
-    if args.results_table:
-        results_table.register_run(args.results_table, args.results, results.SCHEMA, run_id)
     title = f"copy-in-place run {run_id}{' (dry run)' if args.dry_run else ''}"
     code = results.report(title, summary, args.max_failures, args.results, run_id)
     tally = copy_in_place.driver_tally(summary["tally"], len(buckets), summary["requests"] - summary["tally"].counted,
                                        scopes is not None)
     if args.dry_run:
         print(pricing.format_estimate(tally, prices), flush=True)
+    if args.results_table:  # after the summary: a failure here says what is written and how to register it
+        results_table.register_after_run(args.results_table, args.results, results.SCHEMA, run_id)
     return code
 
 

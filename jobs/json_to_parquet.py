@@ -2,8 +2,9 @@
 
     spark-submit jobs/json_to_parquet.py \\
         --input s3://raw/firehose/2024/05/01/ --output s3://lake/events \\
-        --schema conf/schemas/firehose-events.json --timestamp-field event_time [--partition-by dt] \\
-        [--table lake.events] [--mode replace-batches|rebuild-partitions|append] [--dedup-key event_id] \\
+        (--schema conf/schemas/firehose-events.json | --schema-table DB.TABLE) --timestamp-field event_time \\
+        [--timestamp-format PATTERN ...] [--partition-by dt] [--table lake.events] \\
+        [--mode replace-batches|rebuild-partitions|append] [--dedup-key event_id] \\
         [--target-file-size 256m] [--max-records-per-file N] [--bad-records s3://lake/events_bad_records] \\
         [--max-bad-fraction 0.01] [--unknown-fields-sample 64] [--reread-input]
 
@@ -14,22 +15,26 @@ arrival-time prefixes keep every late record exactly once. Bad records go raw (w
 reason) to --bad-records; the job fails, leaving the output untouched, when more than
 --max-bad-fraction of them are bad. Run on EMR with the line's conf/emr-configurations-<line>.json (EMRFS
 S3-optimized committer on emr-7, S3A with EMR's commit protocol and the magic committer on emr-spark-8).
-Exit status: 0 done, 2 bad input (one line; nothing written or deleted).
+Field names may hold any character JSON allows: ``--timestamp-field`` and ``--dedup-key`` take paths
+(``a.b`` reaches a field named ``a.b`` or the field ``b`` inside ``a``; ```a.b``` in backticks only the
+former). Exit status: 0 done, 2 bad input (one line; nothing written or deleted), 1 written but not
+registered in Glue (one line saying what was written and how to register it).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Sequence
 
-from s3lake import cli, glue_catalog
+from s3lake import cli, field_paths, glue_catalog
 from s3lake.parquet import options
 from s3lake.parquet.convert import convert
 from s3lake.spark import get_session
 
 
-def parse_args(argv: Sequence[str] | None):
+def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("json_to_parquet.py", __doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
                    help="files, directories (read recursively) or globs, e.g. s3://raw/stream/2024/05/01/")
@@ -37,14 +42,18 @@ def parse_args(argv: Sequence[str] | None):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--schema", metavar="FILE", help="Spark StructType JSON, e.g. conf/schemas/NAME.json")
     src.add_argument("--schema-table", metavar="DB.TABLE", help="take the columns of this Glue table")
-    p.add_argument("--timestamp-field", required=True, metavar="FIELD")
+    p.add_argument("--timestamp-field", required=True, metavar="PATH",
+                   help="the event time: a field, or a path into nested ones (payload.ts; `a.b` for a name with dots)")
+    p.add_argument("--timestamp-format", action="append", default=[], metavar="PATTERN",
+                   help="a Spark datetime pattern for a string timestamp, e.g. 'dd/MMM/yyyy:HH:mm:ss Z'; repeat for "
+                        "more, tried in order before epoch numbers and ISO-8601")
     p.add_argument("--partition-by", default="dt", help="dt (default), or year/month/day[/hour]")
     p.add_argument("--table", metavar="DB.TABLE", help="create/update this Glue table and its partitions")
     p.add_argument("--mode", choices=options.MODES, default=options.REPLACE_BATCHES,
                    help="replace-batches (default): replace this input's arrival-hour batches only; "
                         "rebuild-partitions: replace whole event partitions (a backfill from all their "
                         "inputs); append: add files")
-    p.add_argument("--dedup-key", default="", metavar="FIELD[,FIELD]",
+    p.add_argument("--dedup-key", default="", metavar="PATH[,PATH]",
                    help="keep the earliest record per key (within each batch)")
     p.add_argument("--target-file-size", default="256m", metavar="SIZE",
                    help="split an event partition's rows into tasks (and files) of about this size (256m)")
@@ -57,12 +66,16 @@ def parse_args(argv: Sequence[str] | None):
                         "which parses each line twice)")
     p.add_argument("--reread-input", action="store_true",
                    help="read and parse the input again for each step instead of reusing one shuffle")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None):
+    return build_parser().parse_args(argv)
 
 
 def job_options(args) -> options.Options:
     """The job's options from the arguments; every config error surfaces here, before Spark starts
-    (except --schema-table, which reads Glue)."""
+    (--schema-table reads Glue, without Spark)."""
     schema = options.load_schema(args.schema) if args.schema else glue_catalog.schema_from_table(args.schema_table)
     opts = options.Options(
         inputs=list(args.input),
@@ -71,7 +84,7 @@ def job_options(args) -> options.Options:
         timestamp_field=args.timestamp_field,
         partition_by=options.parse_partition_by(args.partition_by),
         table=args.table,
-        dedup_keys=[k.strip() for k in args.dedup_key.split(",") if k.strip()],
+        dedup_keys=field_paths.split_list(args.dedup_key, "--dedup-key"),
         max_records_per_file=args.max_records_per_file,
         bad_records=args.bad_records,
         mode=args.mode,
@@ -79,6 +92,7 @@ def job_options(args) -> options.Options:
         reuse_shuffle=not args.reread_input,
         target_file_size=options.parse_size(args.target_file_size),
         unknown_fields_sample=args.unknown_fields_sample,
+        timestamp_formats=list(args.timestamp_format),
     )
     options.validate(opts)
     return opts

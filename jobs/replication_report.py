@@ -16,6 +16,7 @@ written).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from datetime import datetime, timezone
@@ -30,7 +31,7 @@ from s3lake.spark import get_session
 log = logging.getLogger("s3lake.replication_report")
 
 
-def parse_args(argv: Sequence[str] | None):
+def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("replication_report.py", __doc__.split("\n\n")[0])
     p.add_argument("--results", required=True, metavar="PATH", help="the copy runs' results dataset")
     p.add_argument("--run-id", required=True, help="the copy run to report on")
@@ -43,6 +44,11 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--results-table", metavar="DB.TABLE", help="Glue table to create/update over the report")
     p.add_argument("--concurrency", type=int, default=32, help="HEADs in flight per task with --live (default 32)")
     p.add_argument("--partitions", type=int, help="Spark tasks for --live (default: the cores)")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None):
+    p = build_parser()
     args = p.parse_args(argv)
     if args.inventory_date and not args.inventory_table:
         p.error("--inventory-date goes with --inventory-table")
@@ -78,8 +84,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     copied.unpersist()
     written = report.read_run(spark, report_path, run_id)
     counts = report.summarize(written)
-    if args.results_table:
-        results_table.register_run(args.results_table, report_path, report.SCHEMA, run_id)
     print(report.format_summary(run_id, checked_by, counts, f"{report_path.rstrip('/')}/run_id={run_id}"),
           flush=True)
     failed = counts.get(report.FAILED, 0)
@@ -90,6 +94,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if unchecked:
         print(f"s3lake: {unchecked} objects could not be checked (HEAD failed; error_code and error_message say why); "
               "report again once that is fixed", file=sys.stderr)
+    if args.results_table:  # after the summary: a failure here says what is written and how to register it
+        results_table.register_after_run(args.results_table, report_path, report.SCHEMA, run_id)
     return 1 if failed or unchecked else 0
 
 

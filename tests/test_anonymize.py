@@ -160,9 +160,14 @@ def test_every_action_applies_to_nested_and_array_paths_and_untouched_lines_stay
     assert body.splitlines(keepends=True) == ACTIONS_EXPECTED
     row = lake_rows["actions"]
     assert (row["status"], row["records_changed"]) == (anon.ANONYMIZED, 2)
+    # Per rule, the fields it changed (each array element counts) and the fields its path reached (an
+    # empty or null value is reached, not changed; b.txt has no file_contents).
     assert json.loads(row["fields_changed"]) == {
         "attachments[].file_contents": 1, "attachments[].password": 1, "file_contents": 2, "message": 1,
-        "recipients[]": 1, "session_token": 1, "source_ip": 1, "user.email": 1, "user.name": 2, "user.phone": 1}
+        "recipients[]": 2, "session_token": 1, "source_ip": 1, "user.email": 1, "user.name": 2, "user.phone": 1}
+    assert json.loads(row["fields_matched"]) == {
+        "attachments[].file_contents": 1, "attachments[].password": 1, "file_contents": 3, "message": 1,
+        "recipients[]": 2, "session_token": 1, "source_ip": 1, "user.email": 2, "user.name": 2, "user.phone": 1}
     after = object_state(lake["bucket"], lake["keys"]["actions"])
     assert after == rewritten(lake["before"]["actions"], body, "lake")
 

@@ -76,7 +76,9 @@ def lake(moto_server):
     s3.put_object(Bucket=unversioned, Key="in/clean.json", Body=b'{"n": 1}\n', Tagging="a=1", GrantFullControl=owner)
     return {"bucket": bucket, "kms": kms, "param": param, "unversioned": unversioned,
             "policy": policy(bucket, rules_bucket, kms, ssm_kms, param),
-            "args": ["--source", f"s3://{bucket}/in/", "--rules", f"s3://{rules_bucket}/rules/security-lake.json",
+            # The shipped rules file names fields this data lacks: unmatched rules are expected here.
+            "args": ["--allow-unmatched-rules", "--source", f"s3://{bucket}/in/", "--rules",
+                     f"s3://{rules_bucket}/rules/security-lake.json",
                      "--hmac-key-param", param, "--min-age", "0s", "--part-size", str(5 * MIB),
                      "--purge-noncurrent"]}
 

@@ -169,9 +169,10 @@ def test_writes_partitions_quarantines_bad_records_and_a_rerun_is_identical(spar
     assert bad_dir == tmp_path / "out_bad_records" and [p.name for p in bad_dir.iterdir() if p.is_dir()] == [batch]
     bad = spark.read.json(str(bad_dir)).drop("batch")
     expected = spark.createDataFrame(
-        [(Path(inputs[0]).name, reason, raw) for raw, reason in zip(BAD, [read.BAD_MALFORMED] * 3 + [
-            read.BAD_TS_MISSING, read.BAD_TS_UNPARSEABLE])],
-        "input_file string, reason string, record string",
+        [(Path(inputs[0]).name, reason, detail, raw) for raw, reason, detail in zip(
+            BAD, [read.BAD_MALFORMED] * 3 + [read.BAD_TS_MISSING, read.BAD_TS_UNPARSEABLE],
+            [None] * 4 + ["tried: epoch seconds/milliseconds; ISO-8601"])],
+        "input_file string, reason string, detail string, record string",
     )
     got = bad.withColumn("input_file", F.element_at(F.split("input_file", "/"), -1))
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True, ignore_column_order=True)

@@ -59,7 +59,24 @@ def test_multi_member_gzip_is_read_whole():
         list(rewrite.decoded_chunks([b"plain"], True, rewrite.Stats()))
 
 
-def test_fields_changed_is_sorted_json():
+def test_fields_changed_and_matched_are_sorted_json_per_rule():
     stats = rewrite.Stats()
-    stats.fields.update(["b", "a", "b"])
-    assert json.loads(stats.fields_json()) == {"a": 1, "b": 2}
+    stats.fields.update({"b": 2, "a": 1})
+    stats.matched.update({"b": 3, "a": 1, "c": 4})
+    assert list(json.loads(stats.fields_json())) == ["a", "b"]
+    assert json.loads(stats.matched_json()) == {"a": 1, "b": 3, "c": 4}
+    assert rewrite.Stats().fields_json() is None and rewrite.Stats().matched_json() is None
+
+
+def test_each_rule_counts_the_fields_it_reached_and_changed_over_a_stream():
+    rs = ruleset({"path": "f", "action": "blank"}, {"path": "items[].x", "action": "null"},
+                 {"path": "nowhere", "action": "drop"})
+    data = (b'{"f": "a", "items": [{"x": 1}, {"x": null}, {"y": 2}]}\n'
+            b'{"f": "", "items": []}\n'
+            b'{"g": 1}\n')
+    stats = rewrite.Stats()
+    out = b"".join(rewrite.rewrite_chunks([data], rs, stats))
+    assert out.splitlines()[0] == b'{"f": "", "items": [{"x": null}, {"x": null}, {"y": 2}]}'
+    assert (stats.lines, stats.records_changed) == (3, 1)
+    assert stats.matched == {"f": 2, "items[].x": 2}  # "nowhere" reached nothing: absent, not 0
+    assert stats.fields == {"f": 1, "items[].x": 1}

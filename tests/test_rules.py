@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,52 @@ def test_rules_digest_is_part_of_the_default_run_id():
     assert one == job.default_run_id("src/daily/2026-11-24T00-00Z", "a" * 64)
     assert one != job.default_run_id("src/daily/2026-11-24T00-00Z", "b" * 64)
     assert "/" not in one and "=" not in one
+
+
+# ----------------------------------------------------------------------------------- dotted keys
+
+
+ZEEK = {"ts": 1409444955.12, "uid": "C1", "id.orig_h": "10.0.0.1", "id.orig_p": 5353, "id.resp_h": "224.0.0.251"}
+
+
+def test_a_dotted_path_reaches_a_literal_key_holding_dots():
+    record, changed = applied(dict(ZEEK), {"path": "id.orig_h", "action": "null"},
+                              {"path": "`id.resp_h`", "action": "hmac"})
+    assert record == {**ZEEK, "id.orig_h": None, "id.resp_h": H("224.0.0.251")}
+    assert changed == ["id.orig_h", "`id.resp_h`"]
+
+
+def test_where_both_readings_exist_an_unquoted_path_takes_both_and_backticks_only_the_literal_key():
+    both = {"a.b": "literal", "a": {"b": "nested"}}
+    assert applied(json.loads(json.dumps(both)), {"path": "a.b", "action": "blank"})[0] == {
+        "a.b": "", "a": {"b": ""}}
+    assert applied(json.loads(json.dumps(both)), {"path": "`a.b`", "action": "blank"})[0] == {
+        "a.b": "", "a": {"b": "nested"}}
+    assert applied(json.loads(json.dumps(both)), {"path": "`a`.b", "action": "blank"})[0] == {
+        "a.b": "literal", "a": {"b": ""}}
+
+
+def test_paths_reach_keys_with_any_character_json_allows():
+    record = {"a b": 1, "x[0]": 2, "q`t": 3, "\u00e9t\u00e9": 4, "0lead": 5, "_u": 6, "Case": 7, "case": 8,
+              "deep": {"k.v": [{"in.ner": "s"}]}}
+    specs = [{"path": p, "action": "null"} for p in
+             ("a b", "`x[0]`", "`q``t`", "\u00e9t\u00e9", "0lead", "_u", "Case", "deep.`k.v`[].in.ner")]
+    out, changed = applied(record, *specs)
+    assert out == {"a b": None, "x[0]": None, "q`t": None, "\u00e9t\u00e9": None, "0lead": None, "_u": None,
+                   "Case": None, "case": 8, "deep": {"k.v": [{"in.ner": None}]}}
+    assert len(changed) == len(specs)
+
+
+@pytest.mark.parametrize("path", ["a..b", ".a", "a.", "`a", "a`b`", "a[]b", "a[0]", "``", "a.[]"])
+def test_a_malformed_path_is_one_config_error(path):
+    with pytest.raises(ConfigError, match="rule path") as err:
+        rules.parse_rules([{"path": path, "action": "null"}])
+    assert "\n" not in str(err.value)
+
+
+def test_rules_sharing_a_path_are_counted_apart():
+    rs = ruleset({"path": "f", "action": "mask"}, {"path": "f", "action": "blank"})
+    changed, matched = {}, {}
+    assert rs.apply_counted({"f": "abc"}, changed, matched)
+    assert rs.labels == ["f (rule 1)", "f (rule 2)"]
+    assert (changed, matched) == ({"f (rule 1)": 1, "f (rule 2)": 1}, {"f (rule 1)": 1, "f (rule 2)": 1})

@@ -61,10 +61,11 @@ def setup_logging() -> None:
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Call ``main``; a contract violation becomes one line on stderr and exit status 2."""
+    """Call ``main``; a contract violation becomes one line on stderr and its exit status (2: bad input,
+    nothing touched; 1: written but not registered)."""
     setup_logging()
     try:
         return main(argv)
     except S3LakeError as exc:
         print(f"s3lake: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 class S3LakeError(Exception):
-    """Base class: a job prints ``s3lake: error: <message>`` and exits 2 for these."""
+    """Base class: a job prints ``s3lake: error: <message>`` and exits with ``exit_code`` (2: bad input,
+    nothing touched)."""
+
+    exit_code = 2
 
 
 class InventoryError(S3LakeError):
@@ -21,3 +24,10 @@ class ResultsPathError(S3LakeError):
 
 class BucketUnreachableError(S3LakeError):
     """A bucket the input names cannot be used: missing, in another region, or access denied."""
+
+
+class NotRegistered(S3LakeError):
+    """The data is written but registering it in Glue failed: the message says what was written and how to
+    finish; exit 1 (done, look at this), not 2 (nothing touched)."""
+
+    exit_code = 1

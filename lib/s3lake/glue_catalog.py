@@ -153,9 +153,9 @@ def register_partitions(name: str, location: str, partitions: Iterable[Sequence[
 
 
 def schema_from_table(name: str) -> T.StructType:
-    """The data columns (partition keys excluded) of a Glue table as a Spark schema."""
+    """The data columns (partition keys excluded) of a Glue table as a Spark schema. Pure Python (no
+    Spark session needed: the job reads its options before it starts Spark)."""
     from botocore.exceptions import ClientError
-    from pyspark.sql.types import _parse_datatype_string
 
     try:
         meta = get_table(name)
@@ -166,11 +166,129 @@ def schema_from_table(name: str) -> T.StructType:
     cols = meta.get("StorageDescriptor", {}).get("Columns", [])
     if not cols:
         raise ConfigError(f"--schema-table {name}: the table has no columns")
-    ddl = ", ".join(f"`{c['Name']}` {c['Type']}" for c in cols)
-    try:
-        schema = _parse_datatype_string(ddl)
-    except Exception as exc:  # noqa: BLE001 - Spark raises several parse exception types
-        raise ConfigError(f"--schema-table {name}: cannot read its column types: {exc}") from exc
-    if not isinstance(schema, T.StructType):
-        schema = T.StructType([T.StructField(cols[0]["Name"], schema)])
-    return schema
+    fields = []
+    for c in cols:
+        try:
+            fields.append(T.StructField(c["Name"], spark_type(c["Type"])))
+        except ValueError as exc:
+            raise ConfigError(f"--schema-table {name}: column {c['Name']!r}: {exc}") from None
+    return T.StructType(fields)
+
+
+_PRIMITIVES = {
+    "string": T.StringType(), "varchar": T.StringType(), "char": T.StringType(), "bigint": T.LongType(),
+    "int": T.IntegerType(), "integer": T.IntegerType(), "smallint": T.ShortType(), "tinyint": T.ByteType(),
+    "double": T.DoubleType(), "float": T.FloatType(), "boolean": T.BooleanType(), "timestamp": T.TimestampType(),
+    "date": T.DateType(), "binary": T.BinaryType(),
+}
+
+
+def spark_type(text: str) -> T.DataType:
+    """A Hive/Glue type string (``struct<a:bigint,`b.c`:array<string>>``, ``decimal(10,2)``) as a Spark
+    type; ValueError naming what is wrong."""
+    parser = _TypeParser(text)
+    dt = parser.type()
+    parser.end()
+    return dt
+
+
+class _TypeParser:
+    def __init__(self, text: str) -> None:
+        self.text, self.i = text, 0
+
+    def _skip(self) -> None:
+        while self.i < len(self.text) and self.text[self.i].isspace():
+            self.i += 1
+
+    def _expect(self, ch: str) -> None:
+        self._skip()
+        if not self.text.startswith(ch, self.i):
+            raise ValueError(f"type {self.text!r}: expected {ch!r} at character {self.i + 1}")
+        self.i += 1
+
+    def _word(self) -> str:
+        self._skip()
+        start = self.i
+        while self.i < len(self.text) and (self.text[self.i].isalnum() or self.text[self.i] == "_"):
+            self.i += 1
+        if start == self.i:
+            raise ValueError(f"type {self.text!r}: expected a type name at character {self.i + 1}")
+        return self.text[start:self.i].lower()
+
+    def _name(self) -> str:
+        """A struct field name: `quoted` (`` for a backtick) or up to the next ':'."""
+        self._skip()
+        if self.text.startswith("`", self.i):
+            out, j = [], self.i + 1
+            while True:
+                k = self.text.find("`", j)
+                if k < 0:
+                    raise ValueError(f"type {self.text!r}: unclosed backtick")
+                out.append(self.text[j:k])
+                if self.text.startswith("``", k):
+                    out.append("`")
+                    j = k + 2
+                    continue
+                self.i = k + 1
+                return "".join(out)
+        k = self.text.find(":", self.i)
+        if k < 0:
+            raise ValueError(f"type {self.text!r}: expected name:type at character {self.i + 1}")
+        name, self.i = self.text[self.i:k].strip(), k
+        return name
+
+    def type(self) -> T.DataType:
+        word = self._word()
+        if word == "array":
+            self._expect("<")
+            element = self.type()
+            self._expect(">")
+            return T.ArrayType(element)
+        if word == "map":
+            self._expect("<")
+            key = self.type()
+            self._expect(",")
+            value = self.type()
+            self._expect(">")
+            return T.MapType(key, value)
+        if word == "struct":
+            self._expect("<")
+            fields = []
+            self._skip()
+            while not self.text.startswith(">", self.i):
+                if fields:
+                    self._expect(",")
+                name = self._name()
+                self._expect(":")
+                fields.append(T.StructField(name, self.type()))
+                self._skip()
+            self.i += 1
+            return T.StructType(fields)
+        if word == "decimal":
+            self._skip()
+            if not self.text.startswith("(", self.i):
+                return T.DecimalType(10, 0)
+            close = self.text.find(")", self.i)
+            if close < 0:
+                raise ValueError(f"type {self.text!r}: unclosed decimal(")
+            parts = [p.strip() for p in self.text[self.i + 1:close].split(",")]
+            self.i = close + 1
+            try:
+                return T.DecimalType(*(int(p) for p in parts))
+            except (TypeError, ValueError):
+                raise ValueError(f"type {self.text!r}: bad decimal precision/scale") from None
+        if word in ("varchar", "char"):
+            self._skip()
+            if self.text.startswith("(", self.i):
+                close = self.text.find(")", self.i)
+                if close < 0:
+                    raise ValueError(f"type {self.text!r}: unclosed {word}(")
+                self.i = close + 1
+        if word not in _PRIMITIVES:
+            raise ValueError(f"type {self.text!r}: no Spark type for {word!r}")
+        return _PRIMITIVES[word]
+
+    def end(self) -> None:
+        self._skip()
+        if self.i != len(self.text):
+            raise ValueError(f"type {self.text!r}: unexpected {self.text[self.i:]!r}")

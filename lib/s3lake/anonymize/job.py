@@ -37,6 +37,8 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from s3lake import aws
 from s3lake.anonymize.rewrite import (
@@ -267,7 +269,8 @@ def _process_once(candidate: Mapping[str, Any], settings: Settings, bucket: Buck
                     large_slots.release()  # type: ignore[union-attr]
         finally:
             body.close()
-        return done(status, records_changed=stats.records_changed, fields_changed=stats.fields_json(), **extra)
+        return done(status, records_changed=stats.records_changed, fields_changed=stats.fields_json(),
+                    fields_matched=stats.matched_json(), **extra)
     except BadLine as exc:
         return done(FAILED, error_code="InvalidJSON", error_message=str(exc), records_changed=0)
     except BodyInterrupted as exc:
@@ -344,3 +347,35 @@ def run(spark: SparkSession, candidates: DataFrame, settings: Settings, results_
     return run_per_object(spark, candidates, results_path, settings.run_id, partitions, not settings.dry_run,
                           lambda rows, infos: process_partition(rows, settings, infos), bucket_counts,
                           concurrency=settings.concurrency, pace=pace)
+
+
+# Objects read through the rules from the first line to the last: the ones a rule's counts speak for.
+SCANNED = (ANONYMIZED, TAGGED, WOULD_ANONYMIZE, WOULD_TAG)
+
+
+def rule_totals(results_frame: DataFrame, labels: Sequence[str]) -> dict[str, Any]:
+    """Per rule over the run's scanned objects: the fields its path reached and the fields it changed,
+    and the rules that reached no field at all (``unmatched``; none when no object was scanned)."""
+    counts = T.MapType(T.StringType(), T.LongType())
+    scanned = results_frame.where(F.col("status").isin(*SCANNED))
+    totals = (
+        scanned.select(F.explode(F.from_json("fields_matched", counts)).alias("rule", "n"), F.lit("matched").alias("k"))
+        .unionByName(scanned.select(F.explode(F.from_json("fields_changed", counts)).alias("rule", "n"),
+                                    F.lit("changed").alias("k")))
+        .groupBy("rule", "k").agg(F.sum("n").alias("n")).collect()
+    )
+    found = {(r["rule"], r["k"]): int(r["n"]) for r in totals}
+    objects = scanned.count()
+    rules = {label: {"matched": found.get((label, "matched"), 0), "changed": found.get((label, "changed"), 0)}
+             for label in labels}
+    unmatched = [label for label in labels if objects and rules[label]["matched"] == 0]
+    return {"scanned_objects": objects, "rules": rules, "unmatched": unmatched}
+
+
+def format_rule_totals(totals: Mapping[str, Any]) -> str:
+    lines = [f"  rules (fields reached / changed in {totals['scanned_objects']} scanned objects):"]
+    width = max((len(label) for label in totals["rules"]), default=0)
+    for label, n in totals["rules"].items():
+        note = "   <- matched no field" if label in totals["unmatched"] else ""
+        lines.append(f"    {label:<{width}}  {n['matched']} / {n['changed']}{note}")
+    return "\n".join(lines)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections import Counter as Tally
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -30,13 +29,20 @@ class BadLine(ValueError):
 
 @dataclass
 class Stats:
+    """An object's counts: lines, records changed, and per rule (label) the fields it changed and the
+    fields its path reached."""
+
     lines: int = 0
     records_changed: int = 0
-    fields: Tally = field(default_factory=Tally)
+    fields: dict = field(default_factory=dict)  # rule label -> fields changed
+    matched: dict = field(default_factory=dict)  # rule label -> fields reached (changed or not)
     bytes_in: int = 0
 
     def fields_json(self) -> str | None:
         return json.dumps(dict(sorted(self.fields.items()))) if self.fields else None
+
+    def matched_json(self) -> str | None:
+        return json.dumps(dict(sorted(self.matched.items()))) if self.matched else None
 
 
 def is_gzip(key: str, content_encoding: str | None) -> bool:
@@ -115,45 +121,46 @@ def _decode(text: str) -> Any:
     return record
 
 
-def _rewrite_text(text: bytes, rules: RuleSet) -> tuple[bytes | None, list[str]]:
-    """One line without its ``\\n`` (a ``\\r`` before it is kept): (new text or None, changed paths)."""
+def _rewrite_text(text: bytes, rules: RuleSet, changed: dict, matched: dict) -> bytes | None:
+    """One line without its ``\\n`` (a ``\\r`` before it is kept): the new text, or None when no rule
+    changed it; per-rule counts are added to ``changed`` and ``matched``."""
     cr = text.endswith(b"\r")
     if cr:
         text = text[:-1]
     if not text or text.isspace():
-        return None, []
+        return None
     record = _decode(text.decode("utf-8"))
-    paths = rules.apply(record)
-    if not paths:
-        return None, []
+    if not rules.apply_counted(record, changed, matched):
+        return None
     spaced = b'": ' in text or b'", "' in text
     out = _ENCODERS[(spaced, text.isascii())](record).encode("utf-8")
-    return (out + b"\r" if cr else out), paths
+    return out + b"\r" if cr else out
 
 
 def rewrite_line(line: bytes, rules: RuleSet) -> tuple[bytes | None, list[str]]:
-    """(new line or None when untouched, changed paths). Raises ValueError for a non-JSON line."""
+    """(new line or None when untouched, labels of the rules that changed it). Raises ValueError for a
+    non-JSON line."""
     newline = line.endswith(b"\n")
-    new, paths = _rewrite_text(line[:-1] if newline else line, rules)
-    return (new + b"\n" if new is not None and newline else new), paths
+    changed: dict = {}
+    new = _rewrite_text(line[:-1] if newline else line, rules, changed, {})
+    return (new + b"\n" if new is not None and newline else new), list(changed)
 
 
 def rewrite_chunks(chunks: Iterable[bytes], rules: RuleSet, stats: Stats,
                    max_line: int = DEFAULT_MAX_LINE) -> Iterator[bytes]:
     """One output piece per input chunk: its lines through the rules, untouched ones byte for byte.
-    Counts lines, changed records and fields in ``stats``; a non-JSON line raises :class:`BadLine`."""
-    fields = stats.fields
+    Counts lines, changed records and per-rule fields in ``stats``; a non-JSON line raises :class:`BadLine`."""
+    changed, matched = stats.fields, stats.matched
     for lines, terminated in line_batches(chunks, max_line):
         number = stats.lines
         for i, line in enumerate(lines):
             try:
-                new, paths = _rewrite_text(line, rules)
+                new = _rewrite_text(line, rules, changed, matched)
             except ValueError as exc:
                 raise BadLine(number + i + 1, f"not valid JSON: {exc}") from None
             if new is not None:
                 lines[i] = new
                 stats.records_changed += 1
-                fields.update(paths)
         stats.lines = number + len(lines)
         piece = b"\n".join(lines)
         yield piece + b"\n" if terminated else piece

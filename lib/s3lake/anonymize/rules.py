@@ -3,8 +3,12 @@
 A rules file is a JSON list (or ``{"rules": [...]}``) of ``{"path": ..., "action": ..., ...options}``:
 
 * ``path``: dot-separated field names; ``name[]`` steps into every element of an array, e.g.
-  ``file_contents``, ``user.email``, ``items[].note``, ``tags[]``. Field names are any characters but
-  ``.``, ``[`` and ``]``. A path that does not exist in a record does nothing (a rule never adds a field).
+  ``file_contents``, ``user.email``, ``items[].note``, ``tags[]`` (grammar: :mod:`s3lake.field_paths`).
+  A dotted path also reaches a literal key holding dots: ``id.orig_h`` is Zeek's key ``id.orig_h`` where
+  a record has it, ``id`` -> ``orig_h`` where that exists, and both where both do; ```id.orig_h``` (in
+  backticks) is only the literal key. A path that does not exist in a record does nothing (a rule never
+  adds a field); each rule counts the fields it reached and changed, so one that reaches nothing in a
+  whole run is reported, never silent.
 * ``action``:
 
   - ``blank``: the value becomes ``""``;
@@ -33,10 +37,13 @@ import hashlib
 import hmac as _hmac
 import json
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
+from s3lake import field_paths
 from s3lake.errors import ConfigError
+from s3lake.field_paths import Step
 
 ACTIONS = ("blank", "null", "drop", "hmac", "mask", "redact")
 BUILTIN_PATTERNS = {
@@ -47,7 +54,6 @@ _OPTIONS = {
     "blank": set(), "null": set(), "drop": set(), "hmac": set(),
     "mask": {"char", "keep_last"}, "redact": {"patterns"},
 }
-_SEGMENT = re.compile(r"^([^.\[\]]+)(\[\])?$")
 
 
 class Secret:
@@ -66,12 +72,6 @@ class Secret:
 
 
 @dataclass(frozen=True)
-class Step:
-    name: str
-    each: bool  # name[]: every element of the array under name
-
-
-@dataclass(frozen=True)
 class Pattern:
     regex: re.Pattern
     replace: str = "[REDACTED]"
@@ -86,19 +86,12 @@ class Rule:
     char: str = "*"
     keep_last: int = 0
     patterns: tuple[Pattern, ...] = field(default=())
+    label: str = ""  # the rule's name in counts: its path, or "path (rule N)" when paths repeat
 
 
 def parse_path(path: Any) -> tuple[Step, ...]:
-    """``items[].note`` -> (Step("items", each=True), Step("note", each=False))."""
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"rule path must be a non-empty string, got {path!r}")
-    steps = []
-    for segment in path.split("."):
-        m = _SEGMENT.match(segment)
-        if not m:
-            raise ConfigError(f"bad rule path {path!r}: segment {segment!r} (use name, name[] or a.b[].c)")
-        steps.append(Step(m.group(1), bool(m.group(2))))
-    return tuple(steps)
+    """``items[].note`` -> (Step("items", each=True), Step("note")); see :mod:`s3lake.field_paths`."""
+    return field_paths.parse(path, "rule path")
 
 
 def _pattern(spec: Any, where: str) -> Pattern:
@@ -156,7 +149,7 @@ def parse_rule(spec: Any, index: int) -> Rule:
         if not isinstance(raw, list) or not raw:
             raise ConfigError(f"{where}: redact needs a non-empty 'patterns' list")
         patterns = tuple(_pattern(p, f"{where} pattern {i + 1}") for i, p in enumerate(raw))
-    return Rule(spec["path"], steps, action, char, keep_last, patterns)
+    return Rule(spec["path"], steps, action, char, keep_last, patterns, spec["path"])
 
 
 @dataclass(frozen=True)
@@ -175,13 +168,36 @@ class RuleSet:
                               "(an SSM SecureString) or set S3LAKE_HMAC_KEY")
         return RuleSet(self.rules, key, self.digest)
 
+    @property
+    def labels(self) -> list[str]:
+        return [r.label for r in self.rules]
+
     def apply(self, record: Any) -> list[str]:
-        """Apply every rule to ``record`` in place; returns the paths that changed something."""
-        changed = []
-        for rule in self.rules:
-            if _walk(record, rule.steps, _action(rule, self.key)):
-                changed.append(rule.path)
-        return changed
+        """Apply every rule to ``record`` in place; returns the labels of the rules that changed something."""
+        changed: dict[str, int] = {}
+        self.apply_counted(record, changed, {})
+        return list(changed)
+
+    def apply_counted(self, record: Any, changed: dict[str, int], matched: dict[str, int]) -> bool:
+        """Apply every rule to ``record`` in place, adding per rule label the fields it changed and the
+        fields its path reached (changed or not) to ``changed`` and ``matched``; True when any changed."""
+        any_changed = False
+        for rule, transform in zip(self.rules, self._transforms):
+            reached, did = _walk(record, rule.steps, transform)
+            if reached:
+                matched[rule.label] = matched.get(rule.label, 0) + reached
+                if did:
+                    changed[rule.label] = changed.get(rule.label, 0) + did
+                    any_changed = True
+        return any_changed
+
+    @property
+    def _transforms(self) -> list[Transform]:
+        found = self.__dict__.get("_transforms_cache")
+        if found is None:
+            found = [_action(rule, self.key) for rule in self.rules]
+            object.__setattr__(self, "_transforms_cache", found)
+        return found
 
 
 def parse_rules(doc: Any, digest: str = "") -> RuleSet:
@@ -189,7 +205,11 @@ def parse_rules(doc: Any, digest: str = "") -> RuleSet:
     items = doc.get("rules") if isinstance(doc, dict) else doc
     if not isinstance(items, list) or not items:
         raise ConfigError("rules file must be a non-empty JSON list of rules (or {\"rules\": [...]})")
-    return RuleSet(tuple(parse_rule(spec, i) for i, spec in enumerate(items)), None, digest)
+    parsed = [parse_rule(spec, i) for i, spec in enumerate(items)]
+    paths = Counter(r.path for r in parsed)
+    labelled = tuple(r if paths[r.path] == 1 else replace(r, label=f"{r.path} (rule {i + 1})")
+                     for i, r in enumerate(parsed))
+    return RuleSet(labelled, None, digest)
 
 
 def load(location: str) -> RuleSet:
@@ -240,33 +260,46 @@ DROP = object()
 Transform = Callable[[Any], "tuple[Any, bool]"]
 
 
-def _walk(node: Any, steps: Sequence[Step], transform: Transform) -> bool:
-    step, rest = steps[0], steps[1:]
-    if not isinstance(node, dict) or step.name not in node:
-        return False
-    if step.each:
-        items = node[step.name]
+def _walk(node: Any, steps: Sequence[Step], transform: Transform) -> tuple[int, int]:
+    """(fields reached, fields changed) under ``node`` along ``steps``, every reading of a dotted run
+    (:func:`s3lake.field_paths.readings`) included."""
+    if not isinstance(node, dict):
+        return 0, 0
+    reached = changed = 0
+    for key, each, used in list(field_paths.readings(node, steps)):
+        r, c = _walk_key(node, key, each, steps[used:], transform)
+        reached += r
+        changed += c
+    return reached, changed
+
+
+def _walk_key(node: dict, key: str, each: bool, rest: Sequence[Step], transform: Transform) -> tuple[int, int]:
+    if each:
+        items = node[key]
         if not isinstance(items, list):
-            return False
-        changed = False
+            return 0, 0
+        reached = changed = 0
         for i, item in enumerate(items):
             if rest:
-                changed |= _walk(item, rest, transform)
+                r, c = _walk(item, rest, transform)
+                reached += r
+                changed += c
             else:
+                reached += 1
                 new, did = transform(item)
                 if did:
                     items[i] = new
-                    changed = True
-        return changed
+                    changed += 1
+        return reached, changed
     if rest:
-        return _walk(node[step.name], rest, transform)
-    new, did = transform(node[step.name])
+        return _walk(node[key], rest, transform)
+    new, did = transform(node[key])
     if did:
         if new is DROP:
-            del node[step.name]
+            del node[key]
         else:
-            node[step.name] = new
-    return did
+            node[key] = new
+    return 1, int(did)
 
 
 def _json_text(value: Any) -> str:

@@ -36,7 +36,8 @@ SCHEMA = T.StructType([
     T.StructField("bytes_in", T.LongType()),
     T.StructField("bytes_out", T.LongType()),
     T.StructField("records_changed", T.LongType()),
-    T.StructField("fields_changed", T.StringType()),
+    T.StructField("fields_changed", T.StringType()),  # anonymize: JSON {rule: fields it changed}
+    T.StructField("fields_matched", T.StringType()),  # anonymize: JSON {rule: fields its path reached}
     T.StructField("finished_at", T.TimestampType()),
 ])
 FIELDS = SCHEMA.fieldNames()

@@ -14,6 +14,7 @@ import logging
 from pyspark.sql import types as T
 
 from s3lake import aws, glue_catalog
+from s3lake.errors import NotRegistered
 
 log = logging.getLogger("s3lake.objects.results_table")
 PARTITION = "run_id"
@@ -51,3 +52,17 @@ def register_run(name: str, path: str, schema: T.StructType, run_id: str) -> dic
     counts = glue_catalog.register_partitions(name, location, [[run_id]])
     log.info("Glue table %s: run %s registered at %s", name, run_id, location)
     return counts
+
+
+def register_after_run(name: str, path: str, schema: T.StructType, run_id: str) -> dict[str, int]:
+    """:func:`register_run` once the run's rows are written: a failure (denied, throttled, a table of
+    another shape) becomes one line saying where the rows are and how to register them (exit 1)."""
+    try:
+        return register_run(name, path, schema, run_id)
+    except Exception as exc:  # noqa: BLE001 - whatever Glue answered, the rows are written
+        where = f"{path.rstrip('/')}/{PARTITION}={run_id}"
+        raise NotRegistered(
+            f"run {run_id}'s rows are written under {where}, but registering them in Glue table {name} failed "
+            f"({aws.error_code(exc)}: {str(exc).splitlines()[0] if str(exc) else ''}); once that is fixed, "
+            f"rerun with --run-id {run_id} (done objects are not written again) or, if the table exists, "
+            f"run MSCK REPAIR TABLE {name} in Athena") from None

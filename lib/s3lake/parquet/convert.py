@@ -9,14 +9,25 @@ too many records are bad. Options and modes: :mod:`s3lake.parquet.options`.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from s3lake import aws
+from s3lake.errors import ConfigError, NotRegistered
 from s3lake.parquet.arrival_batches import BATCH_COLUMN
 from s3lake.parquet.committer import DYNAMIC_OVERWRITE, check_committer
-from s3lake.parquet.options import APPEND, REBUILD_PARTITIONS, REPLACE_BATCHES, Options, partition_columns, validate
+from s3lake.parquet.options import (
+    APPEND,
+    REBUILD_PARTITIONS,
+    REPLACE_BATCHES,
+    Options,
+    case_twins,
+    partition_columns,
+    validate,
+)
 from s3lake.parquet.read import (
     BAD_MALFORMED,
     BAD_TS_MISSING,
@@ -27,15 +38,19 @@ from s3lake.parquet.read import (
     UNKNOWN,
     NoInput,
     TooManyBadRecords,
+    col,
     dedup,
     default_bad_records_path,
+    field,
     input_id,
     parse_records,
     plan_batches,
     quarantine,
     read_lines,
+    resolve,
     with_batch,
     with_partitions,
+    without_weekday,
 )
 from s3lake.parquet.write import advisory_size, for_writing, rebalanced, register, shuffled_once, write_parquet
 
@@ -50,6 +65,12 @@ def convert(spark: SparkSession, opts: Options) -> dict[str, Any]:
     """
     validate(opts)
     check_committer(spark, DYNAMIC_OVERWRITE if opts.mode in (REPLACE_BATCHES, REBUILD_PARTITIONS) else opts.mode)
+    check_patterns(spark, opts.timestamp_formats)
+    with case_sensitive(spark, bool(case_twins(opts.schema))):
+        return _convert(spark, opts)
+
+
+def _convert(spark: SparkSession, opts: Options) -> dict[str, Any]:
     names = [f.name for f in opts.schema.fields]
     part_cols = partition_columns(opts)
     lines = read_lines(spark, opts.inputs)
@@ -60,8 +81,8 @@ def convert(spark: SparkSession, opts: Options) -> dict[str, Any]:
     if opts.mode == REPLACE_BATCHES:
         batches = plan_batches(spark, files, opts.inputs)
         lines = with_batch(lines, batches)
-    records = with_partitions(parse_records(lines, opts.schema, opts.timestamp_field, opts.unknown_fields_sample),
-                              opts.partition_by)
+    records = with_partitions(parse_records(lines, opts.schema, opts.timestamp_field, opts.unknown_fields_sample,
+                                            opts.timestamp_formats), opts.partition_by)
     if not opts.dedup_keys:
         # Only dedup orders good rows by event time and input file; otherwise the file is for the
         # quarantine: keep both out of the shuffle for the good rows.
@@ -110,7 +131,7 @@ def _checked_write(opts: Options, records: DataFrame, names: list[str], part_col
     if batches:
         summary["batches"] = sorted(set(batches.values()))
     if bad:
-        quarantine(records, bad_dir, batched=bool(batches))
+        quarantine(records, bad_dir, batched=bool(batches), timestamp_formats=opts.timestamp_formats)
     if total and bad / total > opts.max_bad_fraction:
         raise TooManyBadRecords(
             f"{bad} of {total} records are bad ({bad / total:.2%} > --max-bad-fraction "
@@ -119,7 +140,9 @@ def _checked_write(opts: Options, records: DataFrame, names: list[str], part_col
     good = records.where(good_row)
     if opts.dedup_keys:
         # Within a batch only: a batch's rows must not depend on which other hours the run read.
-        good = dedup(good, opts.dedup_keys + ([BATCH_COLUMN] if batches else []), names)
+        keys = [field(col(path[0]), path[1:]) for path in (resolve(opts.schema, k, "--dedup-key")[0]
+                                                            for k in opts.dedup_keys)]
+        good = dedup(good, keys + ([col(BATCH_COLUMN)] if batches else []), names)
         written = good.count()
     else:
         written = total - bad
@@ -135,6 +158,47 @@ def _checked_write(opts: Options, records: DataFrame, names: list[str], part_col
         write_parquet(out, opts.output, part_cols, append=opts.mode == APPEND,
                       max_records_per_file=opts.max_records_per_file)
     if opts.table and written:
-        summary["glue"] = register(opts.table, opts.output, opts.schema, part_cols, partitions)
+        try:
+            summary["glue"] = register(opts.table, opts.output, opts.schema, part_cols, partitions)
+        except Exception as exc:  # noqa: BLE001 - whatever Glue answered, the Parquet is written
+            raise NotRegistered(not_registered(opts, written, partitions, exc)) from None
         summary["table"] = opts.table
     return summary
+
+
+def not_registered(opts: Options, written: int, partitions: Sequence[tuple], exc: BaseException) -> str:
+    """The one line for a Glue failure after the write: what is written, and how to register it."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    how = ("rerun this command once that is fixed (it rewrites the same partitions, then registers them)"
+           if opts.mode != APPEND else
+           f"do not rerun (--mode append would add the rows again): once that is fixed, run MSCK REPAIR TABLE "
+           f"{opts.table} in Athena (the table must exist)")
+    return (f"wrote {written} records in {len(partitions)} partitions to {opts.output}, but registering them in "
+            f"Glue table {opts.table} failed ({aws.error_code(exc)}: {first}); {how}")
+
+
+@contextmanager
+def case_sensitive(spark: SparkSession, on: bool) -> Iterator[None]:
+    """``spark.sql.caseSensitive`` for the run when the schema holds names differing only in case (else
+    Spark calls them ambiguous), restored after."""
+    key = "spark.sql.caseSensitive"
+    before = spark.conf.get(key, "false")
+    if on:
+        spark.conf.set(key, "true")
+    try:
+        yield
+    finally:
+        if on:
+            spark.conf.set(key, before)
+
+
+def check_patterns(spark: SparkSession, formats: Sequence[str]) -> None:
+    """Each ``--timestamp-format`` compiles (Spark checks a pattern only when it runs): one line, exit 2,
+    before any input is read."""
+    for fmt in formats:
+        value, pattern = without_weekday(F.lit("1970-01-01"), fmt)
+        try:
+            spark.range(1).select(F.try_to_timestamp(value, F.lit(pattern))).collect()
+        except Exception as exc:  # noqa: BLE001 - Spark's pattern errors come in several types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"--timestamp-format {fmt!r} is not a Spark datetime pattern: {first}") from None

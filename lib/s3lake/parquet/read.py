@@ -10,6 +10,7 @@ its timestamp is missing or unparseable. The transforms (``parse_records``, ``wi
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Mapping, Sequence
 from urllib.parse import unquote
 
@@ -18,7 +19,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from s3lake.errors import S3LakeError
+from s3lake import field_paths
+from s3lake.errors import ConfigError, S3LakeError
 from s3lake.parquet import arrival_batches
 from s3lake.parquet.arrival_batches import BATCH_COLUMN
 
@@ -35,6 +37,9 @@ PARTITION_FORMATS = {"dt": "yyyy-MM-dd", "year": "yyyy", "month": "MM", "day": "
 
 # |epoch| at or above this is milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
 EPOCH_MS_THRESHOLD = 1e11
+
+# A leading day of the week in a datetime pattern ("EEE ", "EEEE, "): see without_weekday.
+WEEKDAY_PATTERN = re.compile(r"^E{1,4},?\s+")
 
 BAD_MALFORMED = "malformed-json-or-type-mismatch"
 BAD_TS_MISSING = "missing-timestamp"
@@ -86,8 +91,63 @@ def with_batch(lines: DataFrame, batches: Mapping[str, str]) -> DataFrame:
     return lines.join(F.broadcast(mapping), FILE, "left")
 
 
-def _event_ts(c: Column, dt: T.DataType) -> Column:
-    """Epoch s / epoch ms (by magnitude) / ISO-8601 -> timestamp (UTC session); null if unparseable."""
+def resolve(schema: T.StructType, path: str, what: str) -> tuple[list[str], T.DataType]:
+    """The field names from the top of ``schema`` down to the one ``path`` names, and its type. A dotted
+    name reads as a field holding dots or as nested fields (:mod:`s3lake.field_paths`); where the schema
+    has both, the path is ambiguous and must say which with backticks."""
+    steps = field_paths.parse(path, what)
+    if any(s.each for s in steps):
+        raise ConfigError(f"{what} {path!r}: names one value, so no [] (arrays) in it")
+    found: list[tuple[list[str], T.DataType]] = []
+
+    def walk(struct: T.StructType, rest: tuple, names: list[str]) -> None:
+        by_name = {f.name: f for f in struct.fields}
+        for key, _, used in field_paths.readings(by_name, rest):
+            dt = by_name[key].dataType
+            if used == len(rest):
+                found.append((names + [key], dt))
+            elif isinstance(dt, T.StructType):
+                walk(dt, rest[used:], names + [key])
+
+    walk(schema, steps, [])
+    if not found:
+        raise ConfigError(f"{what} {path!r} is not a field of the schema")
+    if len(found) > 1:
+        spelled = " and ".join(field_paths.text([field_paths.Step(n, quoted=True) for n in names])
+                               for names, _ in found)
+        raise ConfigError(f"{what} {path!r} is ambiguous: the schema has {spelled}; say which with backticks")
+    return found[0]
+
+
+def col(name: str) -> Column:
+    """The column named exactly ``name`` (dots, spaces, backticks and all: never read as a nested path)."""
+    return F.col(field_paths.quote(name))
+
+
+def field(base: Column, names: Sequence[str]) -> Column:
+    """``base`` -> names[0] -> names[1] ...: struct fields by their exact names."""
+    for name in names:
+        base = base.getField(name)
+    return base
+
+
+def without_weekday(value: Column, fmt: str) -> tuple[Column, str]:
+    """A pattern starting with a day of the week ("EEE MMM dd ...", Twitter's "Sun Aug 31 ..."), which Spark
+    3+ parses no more: the pattern and the value without it (the date itself says the day)."""
+    rest = WEEKDAY_PATTERN.sub("", fmt, count=1)
+    if rest == fmt:
+        return value, fmt
+    return F.regexp_replace(value, r"^\s*[A-Za-z]+\.?,?\s+", ""), rest
+
+
+def formats_tried(formats: Sequence[str]) -> str:
+    """What an unparseable timestamp was tried as, for its quarantine record."""
+    return "; ".join([*(repr(f) for f in formats), "epoch seconds/milliseconds", "ISO-8601"])
+
+
+def _event_ts(c: Column, dt: T.DataType, formats: Sequence[str] = ()) -> Column:
+    """``formats`` (Spark datetime patterns) in order, then epoch s / epoch ms (by magnitude, fraction
+    allowed), then ISO-8601 -> timestamp (UTC session); null if none parses."""
     if isinstance(dt, T.TimestampType):
         return c
 
@@ -98,8 +158,14 @@ def _event_ts(c: Column, dt: T.DataType) -> Column:
         return from_epoch(c.cast("double"))
     trimmed = F.trim(c)
     is_number = trimmed.rlike(r"^-?[0-9]+(\.[0-9]+)?$")
-    iso = F.try_to_timestamp(trimmed)
-    return F.when(is_number, from_epoch(trimmed.cast("double"))).otherwise(iso)
+    builtin = F.when(is_number, from_epoch(trimmed.cast("double"))).otherwise(F.try_to_timestamp(trimmed))
+    if not formats:
+        return builtin
+    custom = []
+    for fmt in formats:
+        value, pattern = without_weekday(trimmed, fmt)
+        custom.append(F.try_to_timestamp(value, F.lit(pattern)))
+    return F.coalesce(*custom, builtin)
 
 
 def _unknown_keys(keys: Column, names: Sequence[str]) -> Column:
@@ -113,7 +179,7 @@ def _unknown_keys(keys: Column, names: Sequence[str]) -> Column:
 
 
 def parse_records(lines: DataFrame, schema: T.StructType, timestamp_field: str,
-                  unknown_fields_sample: int = 1) -> DataFrame:
+                  unknown_fields_sample: int = 1, timestamp_formats: Sequence[str] = ()) -> DataFrame:
     """``value`` (one JSON document per line) [+ ``_input_file``] -> schema columns + bookkeeping.
 
     Adds ``_event_ts``, ``_bad_reason`` (null for good rows), ``_raw`` (the line, bad rows only) and
@@ -139,25 +205,27 @@ def parse_records(lines: DataFrame, schema: T.StructType, timestamp_field: str,
         F.when(sampled, F.json_object_keys("value")).alias("_keys"),
         sampled.alias("_sampled"),
     )
-    ts_raw = F.col("r").getField(timestamp_field)
+    ts_names, ts_type = resolve(schema, timestamp_field, "--timestamp-field")
+    ts_raw = field(F.col("r"), ts_names)
     staged = parsed.select(
         *[F.col("r").getField(n).alias(n) for n in names],
-        *carried,
+        *[col(c) for c in carried],
         F.col("value"),
         (F.col("r").isNull() | F.col("r").getField(CORRUPT).isNotNull()).alias("_malformed"),
-        _event_ts(ts_raw, schema[timestamp_field].dataType).alias(TS),
+        ts_raw.isNull().alias("_ts_missing"),
+        _event_ts(ts_raw, ts_type, timestamp_formats).alias(TS),
         F.when(F.col("_sampled"), _unknown_keys(F.col("_keys"), names)).alias(UNKNOWN),
     )
     reason = (
         F.when(F.col("_malformed"), F.lit(BAD_MALFORMED))
-        .when(F.col(timestamp_field).isNull(), F.lit(BAD_TS_MISSING))
+        .when(F.col("_ts_missing"), F.lit(BAD_TS_MISSING))
         .when(F.col(TS).isNull(), F.lit(BAD_TS_UNPARSEABLE))
     )
     return (
         staged.withColumn(REASON, reason)
         .withColumn(RAW, F.when(F.col(REASON).isNotNull(), F.col("value")))
         .withColumn(TS, F.when(F.col(REASON).isNull(), F.col(TS)))
-        .drop("value", "_malformed")
+        .drop("value", "_malformed", "_ts_missing")
     )
 
 
@@ -166,13 +234,14 @@ def with_partitions(df: DataFrame, partition_by: Sequence[str]) -> DataFrame:
     return df.select("*", *[F.date_format(TS, PARTITION_FORMATS[p]).alias(p) for p in partition_by])
 
 
-def dedup(df: DataFrame, keys: Sequence[str], data_columns: Sequence[str]) -> DataFrame:
-    """One row per key: the earliest event, ties broken by input file then content (deterministic)."""
+def dedup(df: DataFrame, keys: Sequence[Column], data_columns: Sequence[str]) -> DataFrame:
+    """One row per key (columns, e.g. ``field(col(name), nested)``): the earliest event, ties broken by
+    input file then content (deterministic)."""
     if not keys:
         return df
     from pyspark.sql.window import Window
 
-    order = [F.col(TS), F.col(FILE), F.xxhash64(*data_columns)]
+    order = [F.col(TS), F.col(FILE), F.xxhash64(*[col(n) for n in data_columns])]
     w = Window.partitionBy(*keys).orderBy(*order)
     return df.withColumn("_rn", F.row_number().over(w)).where("_rn = 1").drop("_rn")
 
@@ -186,14 +255,15 @@ def default_bad_records_path(output: str) -> str:
     return output.rstrip("/") + "_bad_records"
 
 
-def quarantine(records: DataFrame, bad_dir: str, batched: bool) -> None:
-    """Write the bad rows (input file, reason, raw line) as JSON under ``bad_dir``: per batch (dynamic
-    overwrite of ``batch=...``) when ``batched``, else the whole directory (one per input): a re-run
-    replaces its own."""
+def quarantine(records: DataFrame, bad_dir: str, batched: bool, timestamp_formats: Sequence[str] = ()) -> None:
+    """Write the bad rows (input file, reason, raw line; for an unparseable timestamp, what it was tried as)
+    as JSON under ``bad_dir``: per batch (dynamic overwrite of ``batch=...``) when ``batched``, else the
+    whole directory (one per input): a re-run replaces its own."""
+    tried = F.when(F.col(REASON) == BAD_TS_UNPARSEABLE, F.lit("tried: " + formats_tried(timestamp_formats)))
     bad = (
         records.where(F.col(REASON).isNotNull())
-        .select(F.col(FILE).alias("input_file"), F.col(REASON).alias("reason"), F.col(RAW).alias("record"),
-                *([BATCH_COLUMN] if batched else []))
+        .select(F.col(FILE).alias("input_file"), F.col(REASON).alias("reason"), tried.alias("detail"),
+                F.col(RAW).alias("record"), *([BATCH_COLUMN] if batched else []))
     )
     if batched:
         (bad.repartition(BATCH_COLUMN).sortWithinPartitions(BATCH_COLUMN, "input_file", "record")

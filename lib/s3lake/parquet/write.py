@@ -12,7 +12,8 @@ from typing import Iterator, Sequence
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from s3lake import glue_catalog
+from s3lake import field_paths, glue_catalog
+from s3lake.parquet.read import col
 
 log = logging.getLogger("s3lake.json_to_parquet")
 
@@ -31,7 +32,7 @@ def rebalanced(df: DataFrame, columns: Sequence[str]) -> DataFrame:
     shuffle's reader splits a partition above the advisory size along map outputs and merges small
     ones, so a big day is written by several tasks of about that size and a small one by one task.
     (The SQL form: pyspark 3.5's ``DataFrame.hint`` takes no column arguments.)"""
-    cols = ", ".join(f"`{c}`" for c in columns)
+    cols = ", ".join(field_paths.quote(c) for c in columns)
     return df.sparkSession.sql(f"SELECT /*+ REBALANCE({cols}) */ * FROM {{df}}", df=df)
 
 
@@ -46,7 +47,8 @@ def for_writing(
     them inside each task (the order the partitioned writer needs anyway: one open file per task)."""
     if not partitioned:
         df = rebalanced(df, partition_columns)
-    return df.sortWithinPartitions(*partition_columns).select(*data_columns, *partition_columns)
+    return df.sortWithinPartitions(*[col(c) for c in partition_columns]).select(
+        *[col(c) for c in (*data_columns, *partition_columns)])
 
 
 @contextmanager

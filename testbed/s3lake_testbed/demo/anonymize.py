@@ -17,8 +17,11 @@ def _records(n: int, start: int = 0) -> bytes:
     lines = []
     for i in range(start, start + n):
         lines.append(json.dumps({
-            "id": i, "user": {"email": f"user{i % 7}@example.com", "name": f"User {i % 7}"},
+            "id": i, "user": {"email": f"user{i % 7}@example.com", "name": f"User {i % 7}",
+                              "phone": f"+44 20 7946 {i:04d}"},
             "source_ip": f"10.0.0.{i % 250}", "file_contents": f"-----BEGIN SECRET {i}-----",
+            "session_token": f"tok-{i}", "recipients": [f"ops{i % 3}@example.com"],
+            "attachments": [{"name": f"f{i}.txt", "file_contents": "c2VjcmV0", "password": "pw"}],
             "message": f"sent to ops{i % 3}@example.com from 192.168.1.{i % 200}",
         }))
     return ("\n".join(lines) + "\n").encode()
