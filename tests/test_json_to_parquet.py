@@ -4,6 +4,8 @@ import gzip
 import importlib.util
 import json
 import os
+import re
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -304,3 +306,64 @@ def test_invalid_options_are_config_errors():
         validate(Options(inputs=["x"], output="o", schema=SCHEMA, timestamp_field="nope"))
     with pytest.raises(ConfigError, match="DB.TABLE"):
         glue_catalog.split_table_name("no_dot")
+
+
+# ------------------------------------------------------------------ any field name JSON allows
+
+ODD_NAMES = ["id.orig_h", "a b", "x[0]", "q`t", 'say "hi"', "été", "0lead", "_u", "Case", "case"]
+
+
+def test_any_field_name_json_allows_lands_in_parquet_exactly_and_reaches_time_and_dedup(spark, tmp_path):
+    schema = T.StructType([T.StructField(n, T.StringType()) for n in ODD_NAMES] + [
+        T.StructField("when.at", T.StructType([T.StructField("t s", T.StringType())]))])
+    rows = [{**{n: f"{n}-{i % 2}" for n in ODD_NAMES}, "when.at": {"t s": f"2024-05-0{1 + i % 2}T00:00:00Z"}}
+            for i in range(4)]
+    src = tmp_path / "in.json"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = j2p.convert(spark, Options(
+        inputs=[str(src)], output=str(tmp_path / "out"), schema=schema, timestamp_field="`when.at`.t s",
+        dedup_keys=["`id.orig_h`", "`q``t`", "Case"], mode=REBUILD_PARTITIONS, unknown_fields_sample=1))
+    assert (summary["bad_records"], summary["unknown_fields_ignored"], summary["written_records"]) == (0, 0, 2)
+    import pyarrow.parquet as pq
+
+    got = pq.read_table(str(tmp_path / "out")).to_pylist()
+    assert sorted(got, key=lambda r: r["Case"]) == [
+        {**{n: f"{n}-{i}" for n in ODD_NAMES}, "when.at": {"t s": f"2024-05-0{1 + i}T00:00:00Z"},
+         "dt": f"2024-05-0{1 + i}"} for i in range(2)]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(table="db.t"), "differ only in case: Glue and Athena fold names"),
+    (dict(timestamp_field="nope"), "--timestamp-field 'nope' is not a field of the schema"),
+    (dict(dedup_keys=["`a.b`.c"]), "--dedup-key '`a.b`.c' is not a field"),
+    (dict(timestamp_field="a.b"), "is ambiguous: the schema has `a.b` and `a`.`b`; say which with backticks"),
+    (dict(timestamp_formats=["dd MMM EEE yyyy"]), "a day of the week (E) can only be the first field"),
+])
+def test_names_and_paths_the_job_cannot_honour_are_refused_before_reading(change, message):
+    schema = T.StructType([T.StructField("Case", T.StringType()), T.StructField("case", T.StringType()),
+                           T.StructField("a.b", T.StringType()),
+                           T.StructField("a", T.StructType([T.StructField("b", T.StringType())]))])
+    opts = Options(**{"inputs": ["x"], "output": "o", "schema": schema, "timestamp_field": "`a.b`", **change})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(opts)
+
+
+def test_a_pattern_spark_rejects_is_one_line_before_reading(spark, tmp_path):
+    opts = options(tmp_path, [str(tmp_path / "missing")], timestamp_formats=["yyyy-MM-dd'T"])
+    with pytest.raises(ConfigError, match="is not a Spark datetime pattern"):
+        j2p.convert(spark, opts)
+
+
+def test_timestamps_as_producers_write_them_and_what_an_unparseable_one_was_tried_as(spark, tmp_path):
+    schema = T.StructType([T.StructField("id", T.StringType()), T.StructField("t", T.StringType())])
+    lines = ['{"id":"tw","t":"Sun Aug 31 00:29:15 +0000 2014"}', '{"id":"clf","t":"10/Oct/2000:13:55:36 -0700"}',
+             '{"id":"frac","t":"1409444955.25"}', '{"id":"iso","t":"2014-08-31T00:29:15Z"}',
+             '{"id":"bad","t":"31.08.2014"}']
+    got = read.parse_records(lines_df(spark, lines), schema, "t", timestamp_formats=[
+        "EEE MMM dd HH:mm:ss Z yyyy", "dd/MMM/yyyy:HH:mm:ss Z"]).select("id", read.TS, read.REASON)
+    assert {r["id"]: (r[read.TS], r[read.REASON]) for r in got.collect()} == {
+        "tw": (datetime(2014, 8, 31, 0, 29, 15), None), "clf": (datetime(2000, 10, 10, 20, 55, 36), None),
+        "frac": (datetime(2014, 8, 31, 0, 29, 15, 250000), None), "iso": (datetime(2014, 8, 31, 0, 29, 15), None),
+        "bad": (None, read.BAD_TS_UNPARSEABLE)}
+    assert read.formats_tried(["EEE MMM dd HH:mm:ss Z yyyy"]) == (
+        "'EEE MMM dd HH:mm:ss Z yyyy'; epoch seconds/milliseconds; ISO-8601")
