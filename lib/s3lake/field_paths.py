@@ -18,7 +18,7 @@ where both do (:func:`readings`). Pure: no Spark, no AWS.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Container, Iterator, Sequence
 
 from s3lake.errors import ConfigError
 
@@ -99,7 +99,7 @@ def split_list(text: str, what: str) -> list[str]:
     return [i.strip() for i in items if i.strip()]
 
 
-def readings(keys: Mapping[str, object] | Sequence[str], steps: Sequence[Step]) -> Iterator[tuple[str, bool, int]]:
+def readings(keys: Container[str], steps: Sequence[Step]) -> Iterator[tuple[str, bool, int]]:
     """The ways the first steps of ``steps`` name one key of ``keys`` (a dict or a list of names): (key,
     each, steps used). Consecutive bare steps join with '.', a step with ``[]`` or a quoted one ends a join;
     the longest join comes first."""

@@ -182,22 +182,21 @@ class RuleSet:
         """Apply every rule to ``record`` in place, adding per rule label the fields it changed and the
         fields its path reached (changed or not) to ``changed`` and ``matched``; True when any changed."""
         any_changed = False
-        for rule, transform in zip(self.rules, self._transforms):
-            reached, did = _walk(record, rule.steps, transform)
+        compiled = self.__dict__.get("_compiled") or self._compile()
+        for label, plan, transform in compiled:
+            reached, did = _walk(record, plan, transform)
             if reached:
-                matched[rule.label] = matched.get(rule.label, 0) + reached
+                matched[label] = matched.get(label, 0) + reached
                 if did:
-                    changed[rule.label] = changed.get(rule.label, 0) + did
+                    changed[label] = changed.get(label, 0) + did
                     any_changed = True
         return any_changed
 
-    @property
-    def _transforms(self) -> list[Transform]:
-        found = self.__dict__.get("_transforms_cache")
-        if found is None:
-            found = [_action(rule, self.key) for rule in self.rules]
-            object.__setattr__(self, "_transforms_cache", found)
-        return found
+    def _compile(self) -> list[tuple[str, Plan, Transform]]:
+        """Per rule, once: its label, its path's plan (:func:`plan`) and its transform."""
+        compiled = [(rule.label, plan(rule.steps), _action(rule, self.key)) for rule in self.rules]
+        object.__setattr__(self, "_compiled", compiled)
+        return compiled
 
 
 def parse_rules(doc: Any, digest: str = "") -> RuleSet:
@@ -260,20 +259,45 @@ DROP = object()
 Transform = Callable[[Any], "tuple[Any, bool]"]
 
 
-def _walk(node: Any, steps: Sequence[Step], transform: Transform) -> tuple[int, int]:
-    """(fields reached, fields changed) under ``node`` along ``steps``, every reading of a dotted run
-    (:func:`s3lake.field_paths.readings`) included."""
+_NOTHING = (0, 0)
+# A path's readings worked out once (per rule, not per record): [(key, each, plan of the rest or None)].
+Plan = list
+
+
+def plan(steps: Sequence[Step]) -> Plan:
+    """Every key the first steps of ``steps`` can name (:func:`s3lake.field_paths.readings`), longest first,
+    each with the plan of the steps after it."""
+    return [(key, each, plan(steps[used:]) if used < len(steps) else None)
+            for key, each, used in field_paths.readings(_EVERY_KEY, steps)]
+
+
+class _EveryKey:
+    """A key set holding every name: :func:`plan` wants every reading, not those of one record."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+_EVERY_KEY = _EveryKey()
+
+
+def _walk(node: Any, path: Plan, transform: Transform) -> tuple[int, int]:
+    """(fields reached, fields changed) under ``node`` along ``path``, every reading of a dotted run included."""
     if not isinstance(node, dict):
-        return 0, 0
+        return _NOTHING
+    if len(path) == 1:  # one reading (no dotted run): the common case, kept cheap
+        key, each, rest = path[0]
+        return _walk_key(node, key, each, rest, transform) if key in node else _NOTHING
     reached = changed = 0
-    for key, each, used in list(field_paths.readings(node, steps)):
-        r, c = _walk_key(node, key, each, steps[used:], transform)
-        reached += r
-        changed += c
+    for key, each, rest in path:  # the readings name different keys: one's change cannot hide another
+        if key in node:
+            r, c = _walk_key(node, key, each, rest, transform)
+            reached += r
+            changed += c
     return reached, changed
 
 
-def _walk_key(node: dict, key: str, each: bool, rest: Sequence[Step], transform: Transform) -> tuple[int, int]:
+def _walk_key(node: dict, key: str, each: bool, rest: Plan | None, transform: Transform) -> tuple[int, int]:
     if each:
         items = node[key]
         if not isinstance(items, list):
