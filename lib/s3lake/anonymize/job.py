@@ -373,6 +373,8 @@ def rule_totals(results_frame: DataFrame, labels: Sequence[str]) -> dict[str, An
 
 
 def format_rule_totals(totals: Mapping[str, Any]) -> str:
+    if not totals["scanned_objects"]:
+        return "  rules: no object was read through them in this run (nothing to count)"
     lines = [f"  rules (fields reached / changed in {totals['scanned_objects']} scanned objects):"]
     width = max((len(label) for label in totals["rules"]), default=0)
     for label, n in totals["rules"].items():
