@@ -619,3 +619,14 @@ def test_a_past_retain_until_date_is_dropped_and_the_legal_hold_kept_on_the_rewr
     after = object_state(bucket, "l.json")
     assert (after["legal_hold"], after["object_lock_mode"], after["object_lock_retain_until"]) == ("ON", None, None)
     assert read_body(bucket, "l.json") == BLANKED_LINES
+
+
+def test_rule_totals_read_as_a_table_and_a_run_that_scanned_nothing_says_so_in_one_line():
+    totals = {"scanned_objects": 2, "unmatched": ["b.c"],
+              "rules": {"a": {"matched": 5, "changed": 3}, "b.c": {"matched": 0, "changed": 0}}}
+    assert anon.format_rule_totals(totals).splitlines() == [
+        "  rules (fields reached / changed in 2 scanned objects):",
+        "    a    5 / 3",
+        "    b.c  0 / 0   <- matched no field"]
+    assert anon.format_rule_totals({"scanned_objects": 0, "unmatched": [], "rules": {"a": {}}}) == (
+        "  rules: no object was read through them in this run (nothing to count)")
