@@ -6,7 +6,8 @@
         [--processed-tag PROCESSED=true] [--dry-run] [--run-id ID] [--concurrency N] [--partitions N] \\
         [--part-size BYTES] [--purge-noncurrent] [--results-table DB.TABLE] [--max-failures N] \\
         [--allow-unmatched-rules] [--request-payer requester] [--max-requests-per-second N] \\
-        [--object-deadline 15m] [--progress-interval 30]
+        [--max-requests-per-second-per-prefix N] \\
+        [--prefix-depth 1] [--prefix-delimiter /] [--object-deadline 15m] [--progress-interval 30]
 
 Each object is replaced atomically under its own key (conditional on the ETag read, every attribute,
 ACL grant and tag kept, plus the processed tag), or only tagged when no line changed. The HMAC key

@@ -5,7 +5,8 @@
         --results PATH [--statuses none,FAILED] [--dry-run] [--prices FILE] [--run-id ID] [--no-copy-acls] \\
         [--acl-from-inventory] [--concurrency N] [--partitions N] [--multipart-threshold BYTES] \\
         [--no-replication-check] [--results-table DB.TABLE] [--max-failures N] [--request-payer requester] \\
-        [--max-requests-per-second N] [--object-deadline 15m] [--progress-interval 30]
+        [--max-requests-per-second N] [--max-requests-per-second-per-prefix N] \\
+        [--prefix-depth 1] [--prefix-delimiter /] [--object-deadline 15m] [--progress-interval 30]
 
 Reads the bucket's S3 Inventory, picks the latest versions whose replication status is one of
 ``--statuses`` and copies each onto itself keeping ACL, SSE (exact KMS key), storage class, tags, user

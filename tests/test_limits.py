@@ -160,9 +160,126 @@ def test_the_run_wide_cap_holds_at_the_proxy(spark, proxy, direct, unique, tmp_p
 
 
 @pytest.mark.parametrize("flag, value", [("--object-deadline", "soon"), ("--object-deadline", "0"),
-                                         ("--max-requests-per-second", "0"), ("--progress-interval", "-1")])
+                                         ("--max-requests-per-second", "0"), ("--progress-interval", "-1"),
+                                         ("--max-requests-per-second-per-prefix", "-5"), ("--prefix-depth", "-1"),
+                                         ("--prefix-delimiter", "")])
 def test_bad_pacing_options_are_refused_with_exit_2(flag, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cip_job.parse_args(["--inventory-manifest", "s3://b/m.json", "--results", str(tmp_path), flag, value])
     assert exit_.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()[-1]) < 200
+
+
+# ------------------------------------------------------------------------ per prefix
+
+
+def hot_plan(bucket: str) -> LimitPlan:
+    """``bucket/hot/`` at 1.75 writes and 2.75 reads per second; every other prefix free."""
+    return LimitPlan(scale=1000.0, prefix_scales={f"{bucket}/hot/": 0.0005})
+
+
+def finish_order(got: dict, prefix: str) -> list[float]:
+    return sorted(r.finished_at.timestamp() for k, r in got.items() if k.startswith(prefix))
+
+
+def test_every_prefix_limited_copies_every_candidate_once_with_its_attributes(spark, proxy, direct, unique,
+                                                                           tmp_path, capsys):
+    bucket = replicate_everything(make_bucket(f"lim-ten-{unique}", versioned=True))
+    kms = make_kms_key()
+    keys = [k for j in range(10) for k in seed_copy_bucket(direct, bucket, 18, kms, prefix=f"p{j}/")]
+    manifest = inventory_for(direct, bucket, keys)
+    before = states(direct, bucket, keys)
+
+    with limited(proxy, LIMITS):
+        code = cip_job.main(["--inventory-manifest", manifest, "--results", str(tmp_path / "r"),
+                             "--run-id", "ten", "--progress-interval", "0"])
+        by_prefix = {name for _, name, _, throttled in proxy.prefix_seconds() if throttled}
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    got = results_by_key(spark, tmp_path / "r", "ten")
+    assert {k: r.status for k, r in got.items()} == {k: cip.COPIED for k in keys}
+    versions, after = version_counts(direct, bucket), states(direct, bucket, keys)
+    for key in keys:
+        assert versions[key] == before[key]["versions"] + 1, key
+        assert copied_once(before[key], after[key], "ten") == before[key], key
+    if by_prefix:  # the summary names the prefixes that were throttled
+        assert "throttled most: " in out and f"{bucket}/p" in out, out
+
+
+def test_one_hot_prefix_does_not_slow_the_free_ones(spark, proxy, direct, unique, tmp_path, capsys):
+    bucket = replicate_everything(make_bucket(f"lim-hot-{unique}", versioned=True))
+    kms = make_kms_key()
+    hot = seed_copy_bucket(direct, bucket, 14, kms, prefix="hot/")
+    free = [k for j in range(9) for k in seed_copy_bucket(direct, bucket, 14, kms, prefix=f"free{j}/")]
+    manifest = inventory_for(direct, bucket, hot + free)  # the inventory lists hot/ first
+
+    with limited(proxy, hot_plan(bucket)):
+        code = cip_job.main(["--inventory-manifest", manifest, "--results", str(tmp_path / "r"),
+                             "--run-id", "hot", "--progress-interval", "0"])
+        seconds = proxy.prefix_seconds()
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    got = results_by_key(spark, tmp_path / "r", "hot")
+    assert {r.status for r in got.values()} == {cip.COPIED} and len(got) == len(hot) + len(free)
+    hot_done, free_done = finish_order(got, "hot/"), finish_order(got, "free")
+    # the free prefixes' objects are all done before half of the hot prefix's are: its 503s never cut them
+    assert free_done[-1] < hot_done[len(hot_done) // 2], (free_done[-1], hot_done)
+    free_seconds = [t for t, name, n, _ in seconds if "/free" in name and n]
+    hot_seconds = [t for t, name, n, _ in seconds if name.endswith("/hot/") and n]
+    assert max(free_seconds) < max(hot_seconds) - 2, seconds
+    assert sum(thr for _, name, _, thr in seconds if "/free" in name) == 0
+    assert f"throttled most: {bucket}/hot/ " in out, out  # the summary names the hot prefix
+
+
+def test_anonymize_one_hot_prefix_does_not_slow_the_free_ones(spark, proxy, direct, unique, tmp_path, capsys):
+    bucket = make_bucket(f"lim-ahot-{unique}", versioned=True)
+    kms = make_kms_key()
+    objs = anon_objects(12, kms, prefix="hot/")
+    for j in range(6):
+        objs.update(anon_objects(12, kms, prefix=f"free{j}/"))
+    pmap(lambda o: direct.put_object(Bucket=bucket, **o["params"]), objs.values())
+
+    with limited(proxy, hot_plan(bucket)):
+        code = anon_job.main(["--source", f"s3://{bucket}/", "--rules", str(BLANK_RULES), "--min-age", "0s",
+                              "--results", str(tmp_path / "r"), "--run-id", "hot", "--progress-interval", "0"])
+
+    assert code == 0, capsys.readouterr()
+    got = results_by_key(spark, tmp_path / "r", "hot")
+    assert {k: r.status for k, r in got.items()} == {
+        k: anon.ANONYMIZED if o["changes"] else anon.TAGGED for k, o in objs.items()}
+    for key, obj in objs.items():
+        assert read_plain(direct, bucket, key) == obj["expected"], key
+    hot_done, free_done = finish_order(got, "hot/"), finish_order(got, "free")
+    assert free_done[-1] < hot_done[len(hot_done) // 2], (free_done[-1], hot_done)
+
+
+def test_the_per_prefix_cap_holds_at_the_proxy_for_each_prefix(spark, proxy, direct, unique, tmp_path):
+    bucket = replicate_everything(make_bucket(f"lim-ppc-{unique}", versioned=True))
+    kms = make_kms_key()
+    keys = [k for j in range(3) for k in seed_copy_bucket(direct, bucket, 24, kms, prefix=f"t{j}/")]
+    manifest = inventory_for(direct, bucket, keys)
+    cap = 12
+
+    with limited(proxy, LimitPlan(scale=1000.0)):  # counted per prefix, nothing throttled
+        code = cip_job.main(["--inventory-manifest", manifest, "--results", str(tmp_path / "r"), "--run-id", "ppc",
+                             "--max-requests-per-second-per-prefix", str(cap), "--progress-interval", "0"])
+        seconds = proxy.prefix_seconds()
+
+    assert code == 0
+    per_prefix: dict = {}
+    for t, name, n, _ in seconds:
+        if name.startswith(f"{bucket}/t"):
+            per_prefix.setdefault(name, []).append((t, n))
+    assert sorted(per_prefix) == [f"{bucket}/t{j}/" for j in range(3)]
+    for name, rows in per_prefix.items():
+        whole = [n for _, n in rows[1:-1]]  # whole seconds only
+        assert whole and max(whole) <= cap * 1.1 + 2, (name, rows)
+    busiest = max(n for rows in per_prefix.values() for _, n in rows)
+    total_per_second: dict = {}
+    for rows in per_prefix.values():
+        for t, n in rows:
+            total_per_second[t] = total_per_second.get(t, 0) + n
+    assert max(total_per_second.values()) > busiest  # the prefixes ran at once, each under its own cap
+    assert {r.status for r in results_by_key(spark, tmp_path / "r", "ppc").values()} == {cip.COPIED}

@@ -3,6 +3,7 @@ through the throttling proxy with real botocore clients)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 
@@ -10,7 +11,9 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from s3lake.objects import pacing
+from s3lake.objects import pacing, progress
+from s3lake.objects.prefixes import PrefixRule
+from s3lake.objects.shares import Shares
 from s3lake_testbed.proxy import FaultPlan, LimitPlan, S3Proxy
 
 
@@ -60,7 +63,24 @@ def test_token_bucket_holds_its_rate_for_concurrent_callers():
     assert waited[0] == 0.0
     assert clock.now == pytest.approx(2.0)  # 20 tokens after the first one, at 10/s
     with pytest.raises(ValueError):
-        pacing.TokenBucket(0)
+        pacing.TokenBucket(-1)
+
+
+def test_a_token_bucket_at_rate_zero_waits_until_its_rate_is_positive_again():
+    clock = FakeClock()
+    bucket = pacing.TokenBucket(10.0, depth=1.0, clock=clock)
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+        if clock.now >= 3.0:
+            bucket.set_rate(10.0)  # the driver grants a share again
+
+    bucket.sleep = sleep
+    bucket.acquire()  # the one token it starts with
+    bucket.set_rate(0.0)
+    assert bucket.due() == float("inf")
+    bucket.acquire()
+    assert 3.0 <= clock.now <= 3.2  # not before the rate came back, then one token at 10/s
 
 
 def test_aimd_slow_starts_halves_when_throttled_once_per_round_trip_then_grows_slowly():
@@ -105,15 +125,20 @@ def test_retries_stop_at_the_deadline_and_once_clients_retry_only_throttling():
     assert pacer.deadline(started=15.0) == 25.0
 
 
-def test_a_task_share_splits_the_cap_over_the_tasks_that_run_at_once():
-    assert pacing.task_share(None, 8, 2) is None
-    assert pacing.task_share(100, 8, 2) == 50
-    assert pacing.task_share(100, 1, 4) == 100
+def test_until_the_driver_answers_a_task_holds_one_task_count_th_of_the_caps():
+    settings = pacing.PaceOptions(max_requests_per_second=100, max_per_prefix=10).task_settings(32, tasks=8)
+    assert settings.capped and settings.share == pytest.approx(1 / 8)
+    pacer = pacing.Pacer(settings)
+    assert pacer.bucket.rate == pytest.approx(12.5)
+    assert pacer.prefix(("b", "x/")).cap.rate == pytest.approx(1.25)
+    pacer.set_share(0.5)  # granted by the driver
+    assert pacer.bucket.rate == pytest.approx(50) and pacer.prefix(("b", "x/")).cap.rate == pytest.approx(5)
+    assert not pacing.PaceOptions().task_settings(32, tasks=8).capped
 
 
 def test_paced_map_keeps_at_most_the_window_in_flight_and_returns_everything():
     pacer = pacing.Pacer(pacing.PaceSettings(concurrency=8))
-    pacer.window.value = 3
+    pacer.prefix(("", "")).window.value = 3
     lock, state = threading.Lock(), {"now": 0, "max": 0}
 
     def work(i: int) -> int:
@@ -188,7 +213,7 @@ def test_a_once_client_leaves_an_unknown_outcome_to_its_caller(moto_server, buck
 def test_the_rate_cap_holds_at_the_proxy_for_concurrent_threads(moto_server, bucket):
     p = S3Proxy(moto_server)
     with p as url:
-        with pacing.task(pacing.PaceSettings(requests_per_second=20.0)) as pacer:
+        with pacing.task(pacing.PaceSettings(max_requests_per_second=20.0)) as pacer:
             s3p = paced_client(url)
             p.reset_counts()
             threads = [threading.Thread(target=lambda: [s3p.head_object(Bucket=bucket, Key="a/k")
@@ -241,3 +266,143 @@ def test_the_adaptive_rate_is_unlimited_until_throttled_then_cuts_and_probes_bac
         clock.now += 1.0
         rate.on_throttled()
     assert rate.rate == 0.5  # the floor
+
+
+# ------------------------------------------------------------------------ per prefix, without S3
+
+
+@pytest.mark.parametrize("depth, delimiter, key, prefix", [
+    (1, "/", "logs/2024/x.json", "logs/"), (2, "/", "logs/2024/x.json", "logs/2024/"),
+    (3, "/", "logs/2024/x.json", "logs/2024/"), (1, "/", "x.json", ""), (0, "/", "logs/x", ""),
+    (1, "-", "tenant-a-x.json", "tenant-"), (2, "-", "tenant-a-x.json", "tenant-a-"), (1, "/", "/lead", "/"),
+])
+def test_a_key_is_paced_under_its_first_segments(depth, delimiter, key, prefix):
+    rule = PrefixRule(depth, delimiter)
+    assert rule.of(key) == prefix
+    assert rule.of_item({"bucket": "b", "key": key}) == ("b", prefix)
+    assert rule.of_item(7) == ("", "")
+
+
+def test_throttling_on_one_prefix_cuts_only_that_prefix_and_class():
+    pacer = pacing.Pacer(pacing.PaceSettings(concurrency=16))
+    hot, free = pacer.prefix(("b", "hot/")), pacer.prefix(("b", "free/"))
+    with pacer.object_deadline(("b", "hot/")):
+        for _ in range(20):
+            pacer.before_send("HEAD")
+            pacer.on_answer(None, "HEAD")
+        pacer.before_send("PUT")
+        pacer.on_answer("throttled", "PUT")
+    assert hot.lanes["write"].rate.rate is not None and hot.lanes["read"].rate.rate is None
+    assert hot.window.limit() == 8 and hot.throttled == 1  # slow start to 16, halved
+    assert free.lanes["write"].rate.rate is None and free.window.limit() == 4 and free.throttled == 0
+    assert pacer.most_throttled() == [["b/hot/", 21, 1]]
+    snap = pacer.snapshot()
+    assert snap["throttled"] == 1 and snap["prefixes"] == [["b/hot/", 21, 1]]
+
+
+def test_objects_of_a_prefix_that_is_not_due_wait_in_the_queue_not_in_a_thread():
+    """Hot's objects are queued first; hot is not due for a long while: the free prefixes' objects all run
+    meanwhile, and at most hot's window of threads is ever held by hot."""
+    pacer = pacing.Pacer(pacing.PaceSettings(concurrency=4))
+    hot = pacer.prefix(("b", "hot/"))
+    hot.lanes["read"].rate.rate = 0.5  # as if throttled: one request per 2 s
+    hot.lanes["read"].bucket = pacing.TokenBucket(0.5, depth=1.0)
+    hot.lanes["read"].bucket.acquire()  # its one token is spent
+    items = [{"bucket": "b", "key": f"hot/{i}"} for i in range(3)]
+    items += [{"bucket": "b", "key": f"free{i % 5}/{i}"} for i in range(40)]
+    order, lock = [], threading.Lock()
+
+    def work(item):
+        with lock:
+            order.append(item["key"])
+        time.sleep(0.005)
+        return item["key"]
+
+    done = list(pacing.paced_map(work, items, pacer))
+    assert sorted(done) == sorted(i["key"] for i in items)
+    assert [k for k in order[:40] if k.startswith("hot/")] == []  # free prefixes first, though listed last
+    assert {k.split("/")[0] for k in order[:5]} == {"free0", "free1", "free2", "free3", "free4"}  # in turn
+
+
+def test_a_prefix_never_holds_more_threads_than_its_window():
+    pacer = pacing.Pacer(pacing.PaceSettings(concurrency=8))
+    pacer.prefix(("b", "slow/")).window.value = 2
+    lock, state = threading.Lock(), {"slow": 0, "max": 0}
+
+    def work(item):
+        slow = item["key"].startswith("slow/")
+        with lock:
+            state["slow"] += slow
+            state["max"] = max(state["max"], state["slow"])
+        time.sleep(0.05 if slow else 0.001)
+        with lock:
+            state["slow"] -= slow
+        return item["key"]
+
+    items = [{"bucket": "b", "key": f"slow/{i}"} for i in range(20)] + [{"bucket": "b", "key": f"f/{i}"}
+                                                                       for i in range(100)]
+    assert len(list(pacing.paced_map(work, items, pacer))) == 120
+    assert state["max"] <= 2
+
+
+# ------------------------------------------------------------------------ the run-wide cap, tasks joining
+
+
+def capped_task(url: str, address: tuple, bucket: str, settings: pacing.PaceSettings, until: float) -> None:
+    """One task in its own process (as on an executor): 8 threads of HEADs, paced, reporting to the driver."""
+    with pacing.task(settings) as pacer, progress.task_reporter(address, pacer.snapshot, on_share=pacer.set_share,
+                                                                fallback=settings.share):
+        s3p = paced_client(url)
+
+        def loop() -> None:
+            while time.time() < until:
+                s3p.head_object(Bucket=bucket, Key="a/k")
+
+        threads = [threading.Thread(target=loop) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+def test_the_run_wide_cap_holds_while_executors_join_the_run(moto_server, bucket):
+    """One task runs alone, then three more start (dynamic allocation adding executors): the requests per
+    second at the proxy stay under the cap throughout, and the lone task used the whole cap, not 1/4."""
+    cap, tasks = 40.0, 4
+    settings = pacing.PaceOptions(max_requests_per_second=cap).task_settings(8, tasks)
+    spawn = multiprocessing.get_context("spawn")
+    p = S3Proxy(moto_server)
+    with p as url, progress.Monitor(total=1, interval=0, shares=Shares()) as monitor:
+        start = time.time()
+        until = start + 10
+        first = spawn.Process(target=capped_task, args=(url, monitor.address, bucket, settings, until))
+        first.start()
+        time.sleep(4)
+        later = [spawn.Process(target=capped_task, args=(url, monitor.address, bucket, settings, until))
+                 for _ in range(tasks - 1)]
+        for proc in later:
+            proc.start()
+        for proc in [first, *later]:
+            proc.join(60)
+            assert proc.exitcode == 0
+        rows = [(t, reads) for t, reads, _, _ in p.per_second() if start + 1 <= t < until - 1]
+    assert max(n for _, n in rows) <= cap * 1.1 + 2, rows
+    alone = [n for t, n in rows if t < start + 4 and n]
+    assert alone and max(alone) >= cap * 0.7, rows  # granted the whole cap while alone
+    together = [n for t, n in rows if t >= start + 6]
+    assert together and min(together) >= cap * 0.5, rows  # and the four share it
+
+
+def test_every_task_starts_on_every_prefix_and_gets_the_same_objects_each_time(spark):
+    """An inventory lists keys prefix by prefix; each task's share is interleaved from its first object."""
+    from s3lake.objects import driver
+
+    keys = sorted(f"p{j}/{i:03d}" for j in range(10) for i in range(40))
+    frame = spark.createDataFrame([("b", k) for k in keys], "bucket string, key string").coalesce(1)
+    spread = driver.spread(frame, 2)
+    parts = spread.rdd.glom().map(lambda rows: [r.key for r in rows]).collect()
+    assert sorted(k for part in parts for k in part) == keys
+    for part in parts:
+        assert 150 <= len(part) <= 250  # an even share
+        assert len({k.split("/")[0] for k in part[:30]}) >= 8  # nearly every prefix among its first 30
+    assert spread.rdd.glom().map(lambda rows: [r.key for r in rows]).collect() == parts  # deterministic

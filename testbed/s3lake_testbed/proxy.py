@@ -43,7 +43,9 @@ Used by
   on a running proxy, ``configure(blackout=30)`` answers every S3 request 503 SlowDown for the next
   30 s (``blackout_prefix="bucket/logs/"``: only object requests under it, from the first one on).
   :meth:`S3Proxy.per_second` gives the S3 requests that arrived in each second (reads, writes,
-  throttled), :meth:`S3Proxy.limit_counts` the totals by class and outcome.
+  throttled), :meth:`S3Proxy.prefix_seconds` the same per prefix, :meth:`S3Proxy.limit_counts` the
+  totals by class and outcome. ``LimitPlan(prefix_scales={"bucket/hot/": 0.001})`` gives one prefix its
+  own limit (a hot prefix beside free ones).
 
 * a separate process, so the proxy's GIL does not compete with Spark or the benchmark::
 
@@ -414,6 +416,7 @@ class LimitPlan:
     burst: float = 0.5
     prefix_depth: int = 1
     prefix_regex: str | None = None
+    prefix_scales: dict | None = None  # "bucket/prefix" -> its own scale (one hot prefix among free ones)
 
     def __post_init__(self) -> None:
         if self.scale <= 0 or self.burst <= 0 or self.prefix_depth < 0:
@@ -424,9 +427,11 @@ class LimitPlan:
             except re.error as exc:
                 raise ValueError(f"prefix_regex is not a regular expression: {exc}") from None
 
-    def rate(self, cls: str) -> float:
-        """Requests per second allowed per prefix for ``cls`` (``read`` or ``write``)."""
-        return (S3_READS_PER_SECOND if cls == "read" else S3_WRITES_PER_SECOND) * self.scale
+    def rate(self, cls: str, name: str | None = None) -> float:
+        """Requests per second allowed per prefix for ``cls`` (``read`` or ``write``); ``name``
+        (``bucket/prefix``) picks its own scale from ``prefix_scales``."""
+        scale = (self.prefix_scales or {}).get(name, self.scale) if name is not None else self.scale
+        return (S3_READS_PER_SECOND if cls == "read" else S3_WRITES_PER_SECOND) * scale
 
     def prefix(self, key: str) -> str:
         """The partitioned prefix ``key`` counts against (pure)."""
@@ -535,6 +540,7 @@ class _State:
         self.blackout_prefix: str | None = None
         self.limit_counts: dict = {}  # (class, "allowed" | "throttled") -> n
         self.per_second: dict = {}  # int(time.time()) -> [reads, writes, throttled]
+        self.prefix_seconds: dict = {}  # (int(time.time()), "bucket/prefix") -> [requests, throttled]
         self.rng = random.Random(faults.seed if faults else 0)
         self.counts: dict = {}
         self.fault_counts: dict = {}
@@ -581,10 +587,14 @@ class _State:
                 if throttled and self.blackout_until is None:
                     self.blackout_until = now + self.blackout_seconds
                 throttled = throttled and now < (self.blackout_until or 0.0)
-            if not throttled and plan is not None:
-                prefix = plan.prefix(key if key is not None else (list_prefix or ""))
-                rate = plan.rate(cls)
-                throttled = not self.buckets.take((bucket, prefix, cls), rate, max(1.0, rate * plan.burst))
+            if plan is not None:
+                name = f"{bucket}/{plan.prefix(key if key is not None else (list_prefix or ''))}"
+                if not throttled:
+                    rate = plan.rate(cls, name)
+                    throttled = not self.buckets.take((name, cls), rate, max(1.0, rate * plan.burst))
+                counted = self.prefix_seconds.setdefault((second, name), [0, 0])
+                counted[0] += 1
+                counted[1] += throttled
             if throttled:
                 row[2] += 1
             outcome = (cls, "throttled" if throttled else "allowed")
@@ -628,6 +638,7 @@ class _State:
             self.fault_log = []
             self.limit_counts = {}
             self.per_second = {}
+            self.prefix_seconds = {}
 
     def snapshot(self) -> dict:
         with self.lock:
@@ -638,6 +649,7 @@ class _State:
                 "latency": self.latency,
                 "limits": [[c, o, n] for (c, o), n in sorted(self.limit_counts.items())],
                 "per_second": [[t, *row] for t, row in sorted(self.per_second.items())],
+                "prefix_seconds": [[t, name, *row] for (t, name), row in sorted(self.prefix_seconds.items())],
             }
 
 
@@ -1040,6 +1052,11 @@ class _CountsAPI:
         """``[(unix second, reads, writes, throttled), ...]``: S3 requests arriving in each second (all of
         them, throttled or not; the last hour), oldest first."""
         return [tuple(row) for row in self._snapshot()["per_second"]]
+
+    def prefix_seconds(self) -> list:
+        """``[(unix second, "bucket/prefix", requests, throttled), ...]`` while a ``LimitPlan`` is set:
+        S3 requests per partitioned prefix and second, oldest first."""
+        return [tuple(row) for row in self._snapshot()["prefix_seconds"]]
 
     @contextmanager
     def window(self) -> Iterator[CountWindow]:

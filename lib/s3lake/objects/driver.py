@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from s3lake.objects import pacing, progress
 from s3lake.objects.buckets import BucketInfo, bucket_info
+from s3lake.objects.shares import Shares
 
 R = TypeVar("R")
 
@@ -47,10 +48,11 @@ def run_per_object(spark: Any, candidates: Any, results_path: str, run_id: str, 
     ``bucket_counts`` (candidates per bucket), when the caller already knows them (a listing made on the
     driver), saves the counting job; otherwise the candidates are cached and counted in one pass.
 
-    Every task runs paced (``pace``: the run-wide cap split over the tasks that run at once, the object
-    deadline; at most ``concurrency`` objects in flight, fewer while throttled) and reports its tallies to
-    the driver, which prints a progress line every ``pace.progress_interval`` seconds. The summary adds
-    the request attempts, the throttled ones and the seconds task threads spent waiting.
+    Every task runs paced per prefix (``pace``: the run-wide caps, of which the driver grants each running
+    task a share; the object deadline; at most ``concurrency`` objects in flight, fewer per prefix while
+    it is throttled) and reports its tallies to the driver, which prints a progress line every
+    ``pace.progress_interval`` seconds. The summary adds the request attempts, the throttled ones, the
+    seconds task threads spent waiting and the prefixes throttled most.
     """
     from s3lake.objects import results
 
@@ -67,20 +69,26 @@ def run_per_object(spark: Any, candidates: Any, results_path: str, run_id: str, 
     slots = spark.sparkContext.defaultParallelism
     tasks = partitions or default_partitions(count, slots)
     pace = pace or pacing.PaceOptions()
-    settings = pace.task_settings(concurrency, tasks, slots)
+    settings = pace.task_settings(concurrency, tasks)
     totals = spark.sparkContext.accumulator({}, progress.totals_param())
     status_at = results.FIELDS.index("status")
-    with progress.Monitor(count, pace.progress_interval, host=progress.driver_host(spark)) as monitor:
+    coordinator = Shares() if settings.capped else None
+    with progress.Monitor(count, pace.progress_interval, host=progress.driver_host(spark),
+                          shares=coordinator) as monitor:
         address = monitor.address
 
         def paced_partition(rows: Iterable[Any]) -> Iterator[tuple]:
-            with pacing.task(settings) as pacer, progress.task_reporter(address, pacer.snapshot) as reporter:
+            with pacing.task(settings) as pacer, progress.task_reporter(
+                    address, pacer.snapshot, on_share=pacer.set_share if settings.capped else None,
+                    fallback=settings.share) as reporter:
                 for row in process_partition(rows, infos):
                     reporter.done(row[status_at])
                     yield row
-                totals.add({name: pacer.snapshot()[name] for name in progress.TOTAL_FIELDS})
+                snapshot = pacer.snapshot()
+                totals.add({**{name: snapshot[name] for name in progress.TOTAL_FIELDS},
+                            "prefixes": progress.merge_prefixes({}, pacer.most_throttled(50))})
 
-        rdd = candidates.repartition(tasks).rdd.mapPartitions(paced_partition)
+        rdd = spread(candidates, tasks).rdd.mapPartitions(paced_partition)
         results.write(spark.createDataFrame(rdd, results.SCHEMA), results_path)
     if cached:
         candidates.unpersist()
@@ -90,13 +98,29 @@ def run_per_object(spark: Any, candidates: Any, results_path: str, run_id: str, 
     return summary, written
 
 
-def pacing_summary(totals: Mapping[str, float]) -> dict[str, Any]:
+def spread(candidates: Any, tasks: int) -> Any:
+    """``tasks`` partitions by a hash of the object, each in the order of another hash: every task holds
+    an even share of every prefix (so its share of a prefix's cap is its share of the run) and works
+    through its prefixes interleaved from its first object, not one prefix after another as an
+    inventory lists them (sorted by key). Deterministic, so a retried task gets the same objects."""
+    from pyspark.sql import functions as F
+
+    place = F.xxhash64(F.col("bucket"), F.col("key"))
+    order = F.xxhash64(F.col("key"), F.col("bucket"), F.lit("s3lake-order"))
+    return candidates.repartition(tasks, place).sortWithinPartitions(order)
+
+
+def pacing_summary(totals: Mapping[str, Any]) -> dict[str, Any]:
     """The summary's pacing fields from the tasks' totals."""
     attempts = int(totals.get("requests", 0))
     throttled = int(totals.get("throttled", 0))
+    prefixes = totals.get("prefixes") or {}
+    top = sorted(((name, req, thr) for name, (req, thr) in prefixes.items() if thr), key=lambda t: -t[2])
     return {"attempts": attempts, "throttled": throttled,
             "throttled_share": round(throttled / attempts, 4) if attempts else 0.0,
-            "waited_seconds": round(float(totals.get("waited", 0.0)), 1)}
+            "waited_seconds": round(float(totals.get("waited", 0.0)), 1),
+            "throttled_prefixes": [{"prefix": name, "requests": req, "throttled": thr}
+                                   for name, req, thr in top[:progress.TOP]]}
 
 
 def bounded_map(fn: Callable[[Any], R], items: Iterable[Any], concurrency: int) -> Iterator[R]:

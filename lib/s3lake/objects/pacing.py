@@ -1,4 +1,5 @@
-"""Pacing S3 requests at S3's request limits: patient retries, an adaptive in-flight window, a rate cap.
+"""Pacing S3 requests at S3's request limits per prefix: patient retries, adaptive pace and window per
+prefix, the run's caps.
 
 S3 serves at least 3,500 PUT/COPY/POST/DELETE and 5,500 GET/HEAD requests per second per partitioned
 prefix and answers ``503 Slow Down`` above that while it scales the prefix, which can take minutes
@@ -14,18 +15,21 @@ botocore offers no switch to turn the quota off). So inside an object job's task
   (``once=True``) only throttling is retried here - a throttled request was rejected, its outcome is
   known - and every unknown outcome (5xx, reset, timeout) goes back to :func:`s3lake.objects.at_most_once.write_once`,
   which checks the object before writing again;
-* **adaptive**: each task runs AIMD on its send rate (:class:`AdaptiveRate`): unlimited until the first
-  throttled answer, then 0.8 x the rate measured over the last second, x 0.8 again per throttled answer
-  (at most every 0.5 s); while answers are clean it climbs back towards the rate of the last cut (40% of
-  the gap per second) and beyond it by 10% per second; every attempt waits for a token at that rate.
-  An AIMD window of objects in flight (:class:`Aimd`: halves on a throttled answer, grows by one per
-  window of clean answers, between 1 and ``--concurrency``) bounds it too; :func:`paced_map` starts a
-  new object only below it. Chosen by measurement through the throttling proxy (one task of 16 threads
-  on a 27.5 reads/s prefix, 20 ms latency): the window alone cannot go below one request in flight and
-  stayed 38% throttled (fixed concurrency: 66%); with the adaptive rate, 2.6% throttled at 1.01 of the
-  limit; two tasks sharing a prefix: 3.3% throttled, 0.88 of the limit over the whole run (tail included);
-* **capped**: ``--max-requests-per-second`` is split over the tasks that run at once; each task holds
-  its share in a :class:`TokenBucket` that every request attempt (retries included) takes a token from.
+* **per prefix**: S3's limits hold per partitioned prefix and per request class, so a task paces each
+  prefix (:mod:`s3lake.objects.prefixes`: the first ``--prefix-depth`` segments) on its own. Each
+  (prefix, class) lane - reads (GET/HEAD) and writes (PUT/COPY/POST/DELETE) - runs AIMD on its send rate
+  (:class:`AdaptiveRate`): unlimited until its first throttled answer, then 0.8 x the rate measured over
+  the last second, x 0.8 again per throttled answer (at most every 0.5 s); while answers are clean it
+  climbs back towards the rate of the last cut (40% of the gap per second) and beyond it by 10% per
+  second. Each prefix has an AIMD window of objects in flight (:class:`Aimd`: halves on a throttled
+  answer, grows by one per window of clean answers, between 1 and ``--concurrency``). A throttled answer
+  slows only its own prefix and class. :func:`paced_map` reads candidates ahead and queues them by
+  prefix; a free slot goes to the next prefix in turn that has room in its window and whose requests are
+  due, so objects of a throttled prefix wait in the queue, never in a thread the free prefixes need.
+  Chosen by measurement through the throttling proxy (see the README's figures);
+* **capped**: ``--max-requests-per-second`` (and ``--max-requests-per-second-per-prefix``) are the run's;
+  the driver grants each running task a share (:mod:`s3lake.objects.shares`) and every request attempt
+  (retries included) takes a token from the task's bucket at its share.
 
 Counters per task (requests, throttled, transient failures, seconds spent waiting in backoff or for a
 token) feed the progress line and the run's summary (:mod:`s3lake.objects.progress`).
@@ -33,17 +37,20 @@ token) feed the progress line and the run's summary (:mod:`s3lake.objects.progre
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import re
 import threading
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Container, Iterable, Iterator, TypeVar
 
 from s3lake import aws
+from s3lake.objects.prefixes import PrefixRule, label
 
 DEFAULT_OBJECT_DEADLINE = 15 * 60.0
 BACKOFF_BASE = 0.05
@@ -55,6 +62,9 @@ THROTTLING_CODES = frozenset({
 })
 THROTTLED = "throttled"
 TRANSIENT = "transient"
+READ, WRITE = "read", "write"
+DEFAULT_LOOKAHEAD = 10_000  # candidates a task holds while their prefixes wait
+TOP_PREFIXES = 5
 R = TypeVar("R")
 
 
@@ -93,32 +103,61 @@ def backoff(attempt: int, rng: random.Random | None = None, base: float = BACKOF
 class TokenBucket:
     """A thread-safe token bucket of ``rate`` tokens/s, ``depth`` deep; :meth:`acquire` blocks.
 
-    A caller that finds it empty reserves the next token (the count goes negative) and sleeps until it
-    is due, so waiting callers are served in order and the long-run rate never exceeds ``rate``.
+    The count never goes below zero, so the long-run rate never exceeds ``rate``, also when the rate
+    changes while callers wait (:meth:`set_rate`); at rate 0 they wait until it is positive again.
     """
 
     def __init__(self, rate: float, depth: float | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        if rate <= 0:
-            raise ValueError("a token bucket needs a positive rate")
+        if rate < 0:
+            raise ValueError("a token bucket needs a rate >= 0")
         self.rate = rate
-        self.depth = max(1.0, depth if depth is not None else rate * 0.1)
+        self.fixed_depth = depth
+        self.depth = self._depth(rate)
         self.clock, self.sleep = clock, sleep
         self._tokens = 1.0  # start nearly empty: a fleet of tasks starting at once must not burst
         self._last = clock()
         self._lock = threading.Lock()
 
-    def acquire(self) -> float:
-        """Take one token; returns the seconds waited for it."""
+    def _depth(self, rate: float) -> float:
+        return max(1.0, self.fixed_depth if self.fixed_depth is not None else rate * 0.1)
+
+    def set_rate(self, rate: float) -> None:
         with self._lock:
-            now = self.clock()
-            self._tokens = min(self.depth, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            self._tokens -= 1.0
-            wait_for = -self._tokens / self.rate if self._tokens < 0 else 0.0
-        if wait_for > 0:
+            self._refill(self.clock())
+            self.rate = max(0.0, rate)
+            self.depth = self._depth(self.rate)
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(self.depth, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def due(self) -> float:
+        """Seconds until a token would be free for a new caller (0: now; inf: the rate is 0)."""
+        with self._lock:
+            self._refill(self.clock())
+            if self._tokens >= 1.0 - 1e-9:
+                return 0.0
+            return (1.0 - self._tokens) / self.rate if self.rate > 0 else math.inf
+
+    def acquire(self) -> float:
+        """Take one token; returns the seconds waited for it.
+
+        No token is reserved ahead: a caller sleeps until one is due at the rate in force (at most 50 ms
+        at a time, so a lower rate set meanwhile - the driver shrinking this task's share - applies to
+        callers already waiting) and takes it if no one else did.
+        """
+        waited = 0.0
+        while True:
+            with self._lock:
+                self._refill(self.clock())
+                if self._tokens >= 1.0 - 1e-9:  # float sums of refills fall just short of 1
+                    self._tokens = max(0.0, self._tokens - 1.0)
+                    return waited
+                wait_for = (1.0 - self._tokens) / self.rate if self.rate > 0 else 0.05
+            wait_for = min(max(wait_for, 1e-4), 0.05)
             self.sleep(wait_for)
-        return wait_for
+            waited += wait_for
 
 
 class Aimd:
@@ -223,48 +262,108 @@ class AdaptiveRate:
 
 @dataclass(frozen=True)
 class PaceSettings:
-    """How one task paces its requests (built on the driver, shipped to the tasks)."""
+    """How one task paces its requests (built on the driver, shipped to the tasks).
+
+    ``max_requests_per_second`` and ``max_per_prefix`` are the run's caps; the task holds ``share`` of
+    them until the driver's coordinator grants it another (:mod:`s3lake.objects.shares`).
+    """
 
     concurrency: int = 32
-    requests_per_second: float | None = None  # this task's share of --max-requests-per-second
+    max_requests_per_second: float | None = None  # run-wide
+    max_per_prefix: float | None = None  # run-wide, per prefix
+    share: float = 1.0  # this task's fraction of the caps until the driver says otherwise
     object_deadline: float = DEFAULT_OBJECT_DEADLINE
     adaptive: bool = True
+    prefixes: PrefixRule = PrefixRule()
+    lookahead: int = DEFAULT_LOOKAHEAD
+
+    @property
+    def capped(self) -> bool:
+        return bool(self.max_requests_per_second or self.max_per_prefix)
 
 
 @dataclass(frozen=True)
 class PaceOptions:
-    """A run's pacing options (``--max-requests-per-second``, ``--object-deadline``,
-    ``--progress-interval``); the driver turns them into each task's :class:`PaceSettings`."""
+    """A run's pacing options (``--max-requests-per-second[-per-prefix]``, ``--object-deadline``,
+    ``--progress-interval``, ``--prefix-depth``/``--prefix-delimiter``); the driver turns them into each
+    task's :class:`PaceSettings`."""
 
     max_requests_per_second: float | None = None
+    max_per_prefix: float | None = None
     object_deadline: float = DEFAULT_OBJECT_DEADLINE
     progress_interval: float = 30.0
     adaptive: bool = True
+    prefixes: PrefixRule = PrefixRule()
 
-    def task_settings(self, concurrency: int, tasks: int, slots: int) -> PaceSettings:
-        return PaceSettings(concurrency=concurrency,
-                            requests_per_second=task_share(self.max_requests_per_second, tasks, slots),
-                            object_deadline=self.object_deadline, adaptive=self.adaptive)
+    def task_settings(self, concurrency: int, tasks: int) -> PaceSettings:
+        """A task's settings; until the driver grants it a share, it holds ``1 / tasks`` of the caps,
+        which no number of executors can push above the cap (at most ``tasks`` tasks exist)."""
+        return PaceSettings(concurrency=concurrency, max_requests_per_second=self.max_requests_per_second,
+                            max_per_prefix=self.max_per_prefix, share=1.0 / max(1, tasks),
+                            object_deadline=self.object_deadline, adaptive=self.adaptive, prefixes=self.prefixes)
 
 
-def task_share(max_requests_per_second: float | None, tasks: int, slots: int) -> float | None:
-    """A task's share of the run-wide cap: the cap over the tasks that can run at once."""
-    if not max_requests_per_second:
-        return None
-    return max_requests_per_second / max(1, min(tasks, slots))
+def request_class(method: str | None) -> str:
+    """S3's two limits: ``read`` (GET, HEAD) or ``write`` (PUT, COPY, POST, DELETE)."""
+    return READ if (method or "GET").upper() in ("GET", "HEAD") else WRITE
+
+
+class Lane:
+    """One prefix's requests of one class: the adaptive rate and its counters."""
+
+    __slots__ = ("rate", "bucket", "requests", "throttled")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.rate = AdaptiveRate(clock=clock)
+        self.bucket: TokenBucket | None = None
+        self.requests = 0
+        self.throttled = 0
+
+    def due(self) -> float:
+        return self.bucket.due() if self.bucket is not None and self.rate.rate is not None else 0.0
+
+
+class Prefix:
+    """One partitioned prefix in a task: its window of objects in flight, a lane per request class, its
+    share of ``--max-requests-per-second-per-prefix``."""
+
+    __slots__ = ("name", "window", "lanes", "cap", "in_flight", "last_used")
+
+    def __init__(self, name: tuple[str, str], window: Aimd, cap: TokenBucket | None,
+                 clock: Callable[[], float]) -> None:
+        self.name = name
+        self.window = window
+        self.lanes = {READ: Lane(clock), WRITE: Lane(clock)}
+        self.cap = cap
+        self.in_flight = 0
+        self.last_used = clock()
+
+    def due(self) -> float:
+        """Seconds until a new object of this prefix could send its first request without waiting."""
+        found = max(lane.due() for lane in self.lanes.values())
+        return max(found, self.cap.due()) if self.cap is not None else found
+
+    @property
+    def throttled(self) -> int:
+        return sum(lane.throttled for lane in self.lanes.values())
+
+    @property
+    def requests(self) -> int:
+        return sum(lane.requests for lane in self.lanes.values())
 
 
 class Pacer:
-    """One task's pacing state: window, rate bucket, counters, and the per-object deadline."""
+    """One task's pacing state: a :class:`Prefix` per partitioned prefix, the run-wide cap's bucket,
+    counters, and the per-object deadline."""
 
     def __init__(self, settings: PaceSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.clock = clock
-        start = settings.concurrency if not settings.adaptive else max(1, min(settings.concurrency, 4))
-        self.window = Aimd(settings.concurrency, start=start, clock=clock)
-        self.bucket = TokenBucket(settings.requests_per_second) if settings.requests_per_second else None
-        self.rate = AdaptiveRate(clock=clock)
-        self._rate_bucket: TokenBucket | None = None
+        self.concurrency = max(1, settings.concurrency)
+        self.share = settings.share
+        self.bucket = (TokenBucket(settings.max_requests_per_second * self.share)
+                       if settings.max_requests_per_second else None)
+        self.prefixes: dict[tuple[str, str], Prefix] = {}
         self.requests = 0
         self.throttled = 0
         self.transient = 0
@@ -272,58 +371,119 @@ class Pacer:
         self._lock = threading.Lock()
         self._local = threading.local()
 
+    # ---------------------------------------------------------------------- prefixes and the run's share
+
+    def prefix(self, name: tuple[str, str]) -> Prefix:
+        with self._lock:
+            found = self.prefixes.get(name)
+            if found is None:
+                start = self.concurrency if not self.settings.adaptive else min(self.concurrency, 4)
+                window = Aimd(self.concurrency, start=start, clock=self.clock)
+                cap = (TokenBucket(self.settings.max_per_prefix * self.share)
+                       if self.settings.max_per_prefix else None)
+                found = self.prefixes[name] = Prefix(name, window, cap, self.clock)
+            found.last_used = self.clock()
+            return found
+
+    def prefix_of(self, item: Any) -> tuple[str, str]:
+        return self.settings.prefixes.of_item(item)
+
+    def set_share(self, share: float) -> None:
+        """The driver granted this task ``share`` of the run's caps (0: wait for more)."""
+        share = min(1.0, max(0.0, share))
+        with self._lock:
+            self.share = share
+            states = list(self.prefixes.values())
+        if self.bucket is not None and self.settings.max_requests_per_second:
+            self.bucket.set_rate(self.settings.max_requests_per_second * share)
+        for state in states:
+            if state.cap is not None and self.settings.max_per_prefix:
+                state.cap.set_rate(self.settings.max_per_prefix * share)
+
+    def forget_idle(self, idle: float = 120.0, keep: Container = ()) -> None:
+        """Drop prefixes with nothing in flight or queued (``keep``), never throttled and unused for
+        ``idle`` seconds, so a task over many prefixes keeps state only for the ones that matter."""
+        cutoff = self.clock() - idle
+        with self._lock:
+            for name in [n for n, s in self.prefixes.items()
+                         if s.in_flight == 0 and s.last_used < cutoff and s.throttled == 0 and n not in keep]:
+                del self.prefixes[name]
+
     def limit(self) -> int:
-        return self.window.limit() if self.settings.adaptive else self.window.maximum
+        """Objects in flight in the whole task (``--concurrency``)."""
+        return self.concurrency
 
     def cap(self, concurrency: int) -> None:
         """At most ``concurrency`` in flight (the job's ``--concurrency``)."""
-        self.window.maximum = max(1, concurrency)
-        self.window.value = min(self.window.value, float(self.window.maximum))
+        self.concurrency = max(1, concurrency)
+        with self._lock:
+            for state in self.prefixes.values():
+                state.window.maximum = self.concurrency
+                state.window.value = min(state.window.value, float(self.concurrency))
+
+    def room(self, state: Prefix) -> bool:
+        """May one more object of ``state``'s prefix start (its window)?"""
+        limit = state.window.limit() if self.settings.adaptive else self.concurrency
+        return state.in_flight < limit
+
+    # ---------------------------------------------------------------------- one object, one request
 
     @contextmanager
-    def object_deadline(self) -> Iterator[float]:
-        """While processing one object on this thread: its requests retry until this deadline."""
+    def object_deadline(self, prefix: tuple[str, str] = ("", "")) -> Iterator[float]:
+        """While processing one object (of ``prefix``) on this thread: its requests retry until this
+        deadline and are paced as that prefix's."""
         deadline = self.clock() + self.settings.object_deadline
-        self._local.deadline = deadline
+        self._local.deadline, self._local.prefix = deadline, prefix
         try:
             yield deadline
         finally:
-            self._local.deadline = None
+            self._local.deadline = self._local.prefix = None
 
     def deadline(self, started: float) -> float:
         """The deadline of a call first sent at ``started``: the object's, else the call's own."""
         found = getattr(self._local, "deadline", None)
         return found if found is not None else started + self.settings.object_deadline
 
-    def before_send(self) -> None:
+    def _current_prefix(self) -> Prefix:
+        return self.prefix(getattr(self._local, "prefix", None) or ("", ""))
+
+    def before_send(self, method: str | None = None) -> None:
+        state = self._current_prefix()
+        lane = state.lanes[request_class(method)]
         waited = self.bucket.acquire() if self.bucket is not None else 0.0
-        if self.settings.adaptive and self.rate.rate is not None:
-            if self._rate_bucket is None:
-                self._rate_bucket = TokenBucket(self.rate.rate, depth=1.0, clock=self.clock)
-            self._rate_bucket.rate = self.rate.rate
-            waited += self._rate_bucket.acquire()
+        if state.cap is not None:
+            waited += state.cap.acquire()
+        if self.settings.adaptive and lane.rate.rate is not None:
+            if lane.bucket is None:
+                lane.bucket = TokenBucket(lane.rate.rate, depth=1.0, clock=self.clock)
+            lane.bucket.rate = lane.rate.rate
+            waited += lane.bucket.acquire()
         if waited:
             with self._lock:
                 self.waited += waited
-        self.rate.on_send()
+        lane.rate.on_send()
         self._local.sent = self.clock()
 
-    def on_answer(self, kind: str | None) -> None:
+    def on_answer(self, kind: str | None, method: str | None = None) -> None:
+        state = self._current_prefix()
+        lane = state.lanes[request_class(method)]
         sent = getattr(self._local, "sent", None)
         if sent is not None:
-            self.window.observe(self.clock() - sent)
+            state.window.observe(self.clock() - sent)
         with self._lock:
             self.requests += 1
+            lane.requests += 1
             if kind == THROTTLED:
                 self.throttled += 1
+                lane.throttled += 1
             elif kind == TRANSIENT:
                 self.transient += 1
         if kind == THROTTLED:
-            self.window.on_throttled()
-            self.rate.on_throttled()
+            state.window.on_throttled()
+            lane.rate.on_throttled()
         elif kind is None:
-            self.window.on_success()
-            self.rate.on_success()
+            state.window.on_success()
+            lane.rate.on_success()
 
     def retry_delay(self, kind: str | None, attempts: int, started: float, once: bool) -> float | None:
         """Seconds to sleep before retrying, or None to let the failure surface."""
@@ -342,10 +502,20 @@ class Pacer:
         with self._lock:
             self.waited += seconds
 
-    def snapshot(self) -> dict[str, Any]:
+    def most_throttled(self, n: int = TOP_PREFIXES) -> list[list]:
+        """``[[label, requests, throttled], ...]``: the ``n`` prefixes with the most throttled answers."""
         with self._lock:
+            states = [s for s in self.prefixes.values() if s.throttled]
+        top = sorted(states, key=lambda s: -s.throttled)[:n]
+        return [[label(*s.name), s.requests, s.throttled] for s in top]
+
+    def snapshot(self) -> dict[str, Any]:
+        top = self.most_throttled()
+        with self._lock:
+            windows = [s.window.limit() for s in self.prefixes.values()]
             return {"requests": self.requests, "throttled": self.throttled, "transient": self.transient,
-                    "waited": round(self.waited, 3), "window": self.window.limit()}
+                    "waited": round(self.waited, 3), "window": min(windows) if windows else self.concurrency,
+                    "prefixes": top, "share": round(self.share, 6)}
 
 
 _current: Pacer | None = None
@@ -395,10 +565,10 @@ class _Hooks:
     def __init__(self, once: bool) -> None:
         self.once = once
 
-    def before_send(self, **kwargs: Any) -> None:
+    def before_send(self, request: Any = None, **kwargs: Any) -> None:
         pacer = current()
         if pacer is not None:
-            pacer.before_send()
+            pacer.before_send(getattr(request, "method", None))
 
     def needs_retry(self, response: Any = None, attempts: int = 1, caught_exception: Any = None,
                     request_dict: Any = None, **kwargs: Any) -> float | None:
@@ -406,7 +576,7 @@ class _Hooks:
         kind = _answer_kind(response, caught_exception)
         if pacer is None:
             return None
-        pacer.on_answer(kind)
+        pacer.on_answer(kind, (request_dict or {}).get("method"))
         context = (request_dict or {}).get("context", {})
         started = context.setdefault("s3lake_started", pacer.clock())
         return pacer.retry_delay(kind, attempts, started, self.once)
@@ -432,32 +602,86 @@ aws.set_pacing(lambda: current() is not None, install)
 
 def paced_map(fn: Callable[[Any], R], items: Iterable[Any], pacer: Pacer,
               concurrency: int | None = None) -> Iterator[R]:
-    """``fn`` over ``items`` with at most ``pacer.limit()`` calls in flight, results as they finish.
+    """``fn`` over ``items``, results as they finish, at most ``--concurrency`` in flight in the task and
+    at most each prefix's window in flight per prefix.
 
-    A sliding window, not batches: one slow object never idles the others; each call runs with its
-    object's deadline set. ``concurrency`` caps the window (default: the pacer's settings).
+    A sliding window, not batches: one slow object never idles the others. Items wait here, not in a
+    thread: up to ``settings.lookahead`` candidates are read ahead and queued by prefix, and a free slot
+    goes to the next prefix in turn that has room in its window and whose requests are due now, so the
+    objects of a throttled prefix never hold the slots of prefixes that have room. Each call runs with
+    its object's deadline and prefix set.
     """
     if concurrency is not None:
         pacer.cap(concurrency)
 
-    def one(item: Any) -> R:
-        with pacer.object_deadline():
+    def one(item: Any, state: Prefix) -> R:
+        with pacer.object_deadline(state.name):
             return fn(item)
 
     it = iter(items)
     exhausted = False
-    with ThreadPoolExecutor(max_workers=pacer.window.maximum) as pool:
-        pending: set = set()
+    queued: dict[tuple[str, str], deque] = {}
+    turn: deque = deque()  # prefixes with queued items, in turn
+    asleep: list = []  # (due time, seq, prefix): queued but not due yet
+    full: set = set()  # queued, but their window is full
+    buffered, seq, started = 0, 0, 0
+    with ThreadPoolExecutor(max_workers=pacer.limit()) as pool:
+        pending: dict = {}  # future -> Prefix
         while True:
-            while not exhausted and len(pending) < pacer.limit():
+            while not exhausted and buffered < pacer.settings.lookahead:
                 try:
                     item = next(it)
                 except StopIteration:
                     exhausted = True
                     break
-                pending.add(pool.submit(one, item))
-            if not pending:
+                name = pacer.prefix_of(item)
+                if name not in queued:
+                    queued[name] = deque()
+                    turn.append(name)
+                queued[name].append(item)
+                buffered += 1
+            now = pacer.clock()
+            while asleep and asleep[0][0] <= now:
+                turn.append(heapq.heappop(asleep)[2])
+            launched = True
+            while launched and turn and len(pending) < pacer.limit():
+                launched = False
+                for _ in range(len(turn)):  # one object per prefix per pass: the prefixes in turn
+                    if len(pending) >= pacer.limit():
+                        break
+                    name = turn.popleft()
+                    state = pacer.prefix(name)
+                    if not pacer.room(state):
+                        full.add(name)
+                        continue
+                    due = state.due() if pacer.settings.adaptive else 0.0
+                    if due > 0:
+                        seq += 1
+                        heapq.heappush(asleep, (now + min(due, 1.0), seq, name))
+                        continue
+                    item = queued[name].popleft()
+                    buffered -= 1
+                    state.in_flight += 1
+                    launched = True
+                    pending[pool.submit(one, item, state)] = state
+                    if queued[name]:
+                        turn.append(name)
+                    else:
+                        del queued[name]
+            if not pending and not queued and exhausted:
                 return
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            timeout = max(0.005, asleep[0][0] - pacer.clock()) if asleep else None
+            if not pending:
+                time.sleep(timeout or 0.005)
+                continue
+            done, _ = wait(list(pending), timeout=timeout, return_when=FIRST_COMPLETED)
             for future in done:
+                state = pending.pop(future)
+                state.in_flight -= 1
+                if state.name in full:
+                    full.discard(state.name)
+                    turn.append(state.name)
+                started += 1
+                if started % 1000 == 0:
+                    pacer.forget_idle(keep=set(queued))
                 yield future.result()

@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from s3lake.errors import ConfigError, ResultsPathError
+from s3lake.objects.progress import format_prefixes
 
 SCHEMA = T.StructType([
     T.StructField("run_id", T.StringType(), False),
@@ -136,6 +137,10 @@ def format_summary(title: str, summary: Mapping[str, Any]) -> str:
         lines.append(f"  S3 request attempts {summary['attempts']}, {summary['throttled']} throttled "
                      f"({100 * summary['throttled_share']:.1f}%); task threads waited {summary['waited_seconds']} s "
                      "(backoff and rate cap, summed)")
+    top = summary.get("throttled_prefixes") or []
+    if top:
+        named = {t["prefix"]: [t["requests"], t["throttled"]] for t in top}
+        lines.append(f"  throttled most: {format_prefixes(named)}")
     return "\n".join(lines)
 
 
