@@ -1,6 +1,6 @@
 """The object jobs at S3's per-prefix request limits, emulated by the proxy at half the jobs' own speed.
 
-    python -m bench limits     # S3LAKE_BENCH_LIMIT_OBJECTS (1200 copies), S3LAKE_BENCH_LIMIT_ANON (800)
+    python -m bench limits     # S3LAKE_BENCH_LIMIT_OBJECTS (1600 copies), S3LAKE_BENCH_LIMIT_ANON (1200)
 
 In one run, behind a 20 ms latency proxy, local[2]:
 
@@ -44,8 +44,8 @@ from bench.bench_anonymize import _small_body
 from bench.bench_copy_in_place import inventory_rows, seed
 from bench.common import WORKDIR, aws_behind_proxy, direct_client, local_spark, parallel
 
-N = int(os.environ.get("S3LAKE_BENCH_LIMIT_OBJECTS", "1200"))
-N_ANON = int(os.environ.get("S3LAKE_BENCH_LIMIT_ANON", "800"))
+N = int(os.environ.get("S3LAKE_BENCH_LIMIT_OBJECTS", "1600"))
+N_ANON = int(os.environ.get("S3LAKE_BENCH_LIMIT_ANON", "1200"))
 N_BASELINE = min(N, 400)
 LATENCY = 0.020
 RESULTS = WORKDIR / "limits-results"

@@ -48,6 +48,16 @@ def limited(proxy, plan: LimitPlan | None) -> Iterator[None]:
         proxy.configure(limits=None)
 
 
+def every_candidate_copied_once(spark, direct, bucket: str, keys: list, before: dict, results, run_id: str) -> None:
+    """One COPIED row per key, one new version each, every attribute as before (the run's marker aside)."""
+    got = results_by_key(spark, results, run_id)
+    assert {k: r.status for k, r in got.items()} == {k: cip.COPIED for k in keys}
+    versions, after = version_counts(direct, bucket), states(direct, bucket, keys)
+    for key in keys:
+        assert versions[key] == before[key]["versions"] + 1, key
+        assert copied_once(before[key], after[key], run_id) == before[key], key
+
+
 def throttled_share(proxy) -> float:
     counts = proxy.limit_counts()
     throttled = sum(n for (_, outcome), n in counts.items() if outcome == "throttled")
@@ -68,12 +78,7 @@ def test_copy_in_place_at_the_prefix_limit_copies_every_candidate_once_and_shows
 
     err = capsys.readouterr().err
     assert code == 0, err
-    got = results_by_key(spark, tmp_path / "r", "limited")
-    assert {k: r.status for k, r in got.items()} == {k: cip.COPIED for k in keys}
-    versions, after = version_counts(direct, bucket), states(direct, bucket, keys)
-    for key in keys:
-        assert versions[key] == before[key]["versions"] + 1, key
-        assert copied_once(before[key], after[key], "limited") == before[key], key
+    every_candidate_copied_once(spark, direct, bucket, keys, before, tmp_path / "r", "limited")
     assert share > 0.0, proxy.limit_counts()  # the run did live at the limit
     progress = [line for line in err.splitlines() if "progress: " in line]
     assert progress and "/200 objects" in progress[0], err
@@ -197,14 +202,9 @@ def test_every_prefix_limited_copies_every_candidate_once_with_its_attributes(sp
 
     out = capsys.readouterr().out
     assert code == 0, out
-    got = results_by_key(spark, tmp_path / "r", "ten")
-    assert {k: r.status for k, r in got.items()} == {k: cip.COPIED for k in keys}
-    versions, after = version_counts(direct, bucket), states(direct, bucket, keys)
-    for key in keys:
-        assert versions[key] == before[key]["versions"] + 1, key
-        assert copied_once(before[key], after[key], "ten") == before[key], key
-    if by_prefix:  # the summary names the prefixes that were throttled
-        assert "throttled most: " in out and f"{bucket}/p" in out, out
+    every_candidate_copied_once(spark, direct, bucket, keys, before, tmp_path / "r", "ten")
+    assert by_prefix, "the run never reached a prefix's limit"
+    assert f"throttled most: {bucket}/p" in out, out  # the summary names the prefixes throttled most
 
 
 def test_one_hot_prefix_does_not_slow_the_free_ones(spark, proxy, direct, unique, tmp_path, capsys):
