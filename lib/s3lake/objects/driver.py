@@ -114,13 +114,11 @@ def pacing_summary(totals: Mapping[str, Any]) -> dict[str, Any]:
     """The summary's pacing fields from the tasks' totals."""
     attempts = int(totals.get("requests", 0))
     throttled = int(totals.get("throttled", 0))
-    prefixes = totals.get("prefixes") or {}
-    top = sorted(((name, req, thr) for name, (req, thr) in prefixes.items() if thr), key=lambda t: -t[2])
     return {"attempts": attempts, "throttled": throttled,
             "throttled_share": round(throttled / attempts, 4) if attempts else 0.0,
             "waited_seconds": round(float(totals.get("waited", 0.0)), 1),
             "throttled_prefixes": [{"prefix": name, "requests": req, "throttled": thr}
-                                   for name, req, thr in top[:progress.TOP]]}
+                                   for name, req, thr in progress.top_prefixes(totals.get("prefixes") or {})]}
 
 
 def bounded_map(fn: Callable[[Any], R], items: Iterable[Any], concurrency: int) -> Iterator[R]:

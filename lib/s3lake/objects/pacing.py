@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Container, Iterable, Iterator, TypeVar
 
 from s3lake import aws
-from s3lake.objects.prefixes import PrefixRule, label
+from s3lake.objects.prefixes import TOP, PrefixRule, label
 
 DEFAULT_OBJECT_DEADLINE = 15 * 60.0
 BACKOFF_BASE = 0.05
@@ -64,7 +64,6 @@ THROTTLED = "throttled"
 TRANSIENT = "transient"
 READ, WRITE = "read", "write"
 DEFAULT_LOOKAHEAD = 10_000  # candidates a task holds while their prefixes wait
-TOP_PREFIXES = 5
 R = TypeVar("R")
 
 
@@ -502,7 +501,7 @@ class Pacer:
         with self._lock:
             self.waited += seconds
 
-    def most_throttled(self, n: int = TOP_PREFIXES) -> list[list]:
+    def most_throttled(self, n: int = TOP) -> list[list]:
         """``[[label, requests, throttled], ...]``: the ``n`` prefixes with the most throttled answers."""
         with self._lock:
             states = [s for s in self.prefixes.values() if s.throttled]

@@ -14,6 +14,7 @@ from typing import Any
 
 DEFAULT_DEPTH = 1
 DEFAULT_DELIMITER = "/"
+TOP = 5  # prefixes named as throttled most in a summary
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,13 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
+from s3lake.objects.prefixes import TOP
 from s3lake.objects.shares import HOLD, Shares
 
 DEFAULT_INTERVAL = 30.0
 REPORT_EVERY = 2.0
 SOON = 0.25  # the next report, while a task holds less than its fair share
 TOTAL_FIELDS = ("requests", "throttled", "transient", "waited")
-TOP = 5
 
 
 # ------------------------------------------------------------------------------------------ pure parts
@@ -79,15 +79,22 @@ def format_line(total: int, statuses: Mapping[str, int], seconds: float, request
     return f"{line} | most throttled: {hot}" if hot else line
 
 
+def top_prefixes(prefixes: Mapping[str, list], n: int = TOP) -> list[tuple[str, int, int]]:
+    """``[(label, requests, throttled), ...]``: the ``n`` prefixes with the most throttled answers."""
+    return sorted(((name, req, thr) for name, (req, thr) in prefixes.items() if thr), key=lambda t: -t[2])[:n]
+
+
 def format_prefixes(prefixes: Mapping[str, list], n: int = TOP) -> str:
     """``a/hot/ 1,234 of 5,000 (24.7%), ...``: the ``n`` prefixes with the most throttled answers."""
-    top = sorted(((name, req, thr) for name, (req, thr) in prefixes.items() if thr), key=lambda t: -t[2])[:n]
-    return ", ".join(f"{name} {thr:,} of {req:,} ({100 * share(thr, req):.1f}%)" for name, req, thr in top)
+    return ", ".join(f"{name} {thr:,} of {req:,} ({100 * share(thr, req):.1f}%)"
+                     for name, req, thr in top_prefixes(prefixes, n))
 
 
 def merge_prefixes(into: dict[str, list], top: Any) -> dict[str, list]:
-    """Add a task's ``[[label, requests, throttled], ...]`` into ``label -> [requests, throttled]``."""
-    for name, req, thr in top or ():
+    """Add a task's ``[[label, requests, throttled], ...]`` (or a ``label -> [requests, throttled]``
+    mapping) into ``label -> [requests, throttled]``."""
+    rows = ([name, *counts] for name, counts in top.items()) if isinstance(top, Mapping) else top or ()
+    for name, req, thr in rows:
         found = into.setdefault(name, [0, 0])
         found[0] += req
         found[1] += thr
@@ -306,11 +313,7 @@ def totals_param() -> Any:
         def addInPlace(self, a: dict, b: dict) -> dict:  # noqa: N802 - PySpark's name
             for name in TOTAL_FIELDS:
                 a[name] = a.get(name, 0) + b.get(name, 0)
-            prefixes = a.setdefault("prefixes", {})
-            for name, (req, thr) in (b.get("prefixes") or {}).items():
-                found = prefixes.setdefault(name, [0, 0])
-                found[0] += req
-                found[1] += thr
+            merge_prefixes(a.setdefault("prefixes", {}), b.get("prefixes"))
             return a
 
     return _Totals()
