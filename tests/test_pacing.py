@@ -286,7 +286,7 @@ def test_a_key_is_paced_under_its_first_segments(depth, delimiter, key, prefix):
 def test_throttling_on_one_prefix_cuts_only_that_prefix_and_class():
     pacer = pacing.Pacer(pacing.PaceSettings(concurrency=16))
     hot, free = pacer.prefix(("b", "hot/")), pacer.prefix(("b", "free/"))
-    with pacer.object_deadline(("b", "hot/")):
+    with pacer.object_deadline(hot):
         for _ in range(20):
             pacer.before_send("HEAD")
             pacer.on_answer(None, "HEAD")

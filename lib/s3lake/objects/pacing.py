@@ -428,9 +428,9 @@ class Pacer:
     # ---------------------------------------------------------------------- one object, one request
 
     @contextmanager
-    def object_deadline(self, prefix: tuple[str, str] = ("", "")) -> Iterator[float]:
+    def object_deadline(self, prefix: Prefix | None = None) -> Iterator[float]:
         """While processing one object (of ``prefix``) on this thread: its requests retry until this
-        deadline and are paced as that prefix's."""
+        deadline and are paced as that prefix's (no prefix: the bucket-wide one, ``("", "")``)."""
         deadline = self.clock() + self.settings.object_deadline
         self._local.deadline, self._local.prefix = deadline, prefix
         try:
@@ -444,7 +444,9 @@ class Pacer:
         return found if found is not None else started + self.settings.object_deadline
 
     def _current_prefix(self) -> Prefix:
-        return self.prefix(getattr(self._local, "prefix", None) or ("", ""))
+        # the object's state itself rides on the thread: no lookup (and no lock) per request; it cannot be
+        # forgotten meanwhile (forget_idle keeps states with objects in flight)
+        return getattr(self._local, "prefix", None) or self.prefix(("", ""))
 
     def before_send(self, method: str | None = None) -> None:
         state = self._current_prefix()
@@ -614,7 +616,7 @@ def paced_map(fn: Callable[[Any], R], items: Iterable[Any], pacer: Pacer,
         pacer.cap(concurrency)
 
     def one(item: Any, state: Prefix) -> R:
-        with pacer.object_deadline(state.name):
+        with pacer.object_deadline(state):
             return fn(item)
 
     it = iter(items)
