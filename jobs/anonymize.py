@@ -7,16 +7,18 @@
         [--part-size BYTES] [--purge-noncurrent] [--results-table DB.TABLE] [--max-failures N] \\
         [--allow-unmatched-rules] [--request-payer requester] [--max-requests-per-second N] \\
         [--max-requests-per-second-per-prefix N] \\
-        [--prefix-depth 1] [--prefix-delimiter /] [--object-deadline 15m] [--progress-interval 30]
+        [--prefix-depth 1] [--prefix-delimiter /] [--object-deadline 15m] [--progress-interval 30] \\
+        [--checkpoint-interval 60]
 
 Each object is replaced atomically under its own key (conditional on the ETag read, every attribute,
 ACL grant and tag kept, plus the processed tag), or only tagged when no line changed. The HMAC key
 comes from the SSM SecureString ``--hmac-key-param`` or the ``S3LAKE_HMAC_KEY`` environment variable.
-Writes one result row per object under ``--results`` (Parquet, partition ``run_id=...``) and prints a
+Commits one result row per object under ``--results`` (Parquet, partition ``run_id=...``, registered in
+``--results-table`` before the run) every ``--checkpoint-interval``; rerunning a run id resumes it. Prints a
 summary with each rule's counts (fields reached / changed). Rule paths reach keys holding dots
 (``id.orig_h``; ```id.orig_h``` in backticks: only that key). Exit status: 0; 1 when FAILED objects exceed
-``--max-failures``, when a rule reached no field in any object read (unless ``--allow-unmatched-rules``),
-or when the results are written but not registered in ``--results-table``; 2 for bad input (nothing read).
+``--max-failures``, when a rule reached no field in any object read (unless ``--allow-unmatched-rules``);
+2 for bad input (nothing read), a results table that cannot be registered, or a run id another driver works.
 """
 
 from __future__ import annotations
@@ -97,9 +99,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
         part_size=args.part_size,
         request_payer=args.request_payer,
     )
+    if args.results_table:  # before: Athena reads the rows the tasks commit while the run goes on
+        results_table.register_before_run(args.results_table, args.results, results.SCHEMA, run_id)
     log.info("run %s over %s with %d rules", run_id, source_id, len(ruleset.rules))
     summary, frame = job.run(spark, candidates, settings, args.results, args.partitions, bucket_counts,
-                             run_options.pace(args))
+                             run_options.pace(args), run_options.checkpoint(args))
     totals = job.rule_totals(frame, ruleset.labels)
     title = f"anonymize run {run_id}{' (dry run)' if args.dry_run else ''}"
     status = results.report(title, summary, args.max_failures, args.results, run_id)
@@ -109,8 +113,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
               f"{totals['scanned_objects']} objects scanned: check the paths (a dry run shows the same counts; "
               "`a.b` in backticks is the literal key a.b), or pass --allow-unmatched-rules", file=sys.stderr)
         status = max(status, 1)
-    if args.results_table:  # after the summary: a failure here says what is written and how to register it
-        results_table.register_after_run(args.results_table, args.results, results.SCHEMA, run_id)
     return status
 
 

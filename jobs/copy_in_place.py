@@ -6,7 +6,8 @@
         [--acl-from-inventory] [--concurrency N] [--partitions N] [--multipart-threshold BYTES] \\
         [--no-replication-check] [--results-table DB.TABLE] [--max-failures N] [--request-payer requester] \\
         [--max-requests-per-second N] [--max-requests-per-second-per-prefix N] \\
-        [--prefix-depth 1] [--prefix-delimiter /] [--object-deadline 15m] [--progress-interval 30]
+        [--prefix-depth 1] [--prefix-delimiter /] [--object-deadline 15m] [--progress-interval 30] \\
+        [--checkpoint-interval 60]
 
 Reads the bucket's S3 Inventory, picks the latest versions whose replication status is one of
 ``--statuses`` and copies each onto itself keeping ACL, SSE (exact KMS key), storage class, tags, user
@@ -15,10 +16,11 @@ replication configuration takes are copied (the others become SKIPPED_OUT_OF_SCO
 bucket without replication or versioning is refused unless ``--no-replication-check``. ``--from-report``
 copies again the objects a replication report (jobs/replication_report.py) found FAILED. ``--dry-run``
 ends with what the real run would cost (requests, KMS calls, new versions' bytes, dollars from
-``--prices``, default conf/prices/us-east-1.json). Writes one result row per candidate under
-``--results`` (Parquet, partition ``run_id=...``; ``--results-table`` registers it in Glue) and prints a
-summary. Exit status: 0, 1 when FAILED objects exceed ``--max-failures``, 2 for bad input (nothing touched:
-also a source bucket that is missing, in another region or denied, and a missing AWS CRT).
+``--prices``, default conf/prices/us-east-1.json). Commits one result row per candidate under
+``--results`` (Parquet, partition ``run_id=...``; ``--results-table`` registers it in Glue before the run)
+every ``--checkpoint-interval``; rerunning a run id resumes it. Prints a summary. Exit status: 0, 1 when
+FAILED objects exceed ``--max-failures``, 2 for bad input (nothing touched: also a source bucket that is
+missing, in another region or denied, a missing AWS CRT, a run id another driver works).
 """
 
 from __future__ import annotations
@@ -114,16 +116,16 @@ def _main(argv: Sequence[str] | None = None) -> int:
         scopes=scopes,
         request_payer=args.request_payer,
     )
+    if args.results_table:  # before: Athena reads the rows the tasks commit while the run goes on
+        results_table.register_before_run(args.results_table, args.results, results.SCHEMA, run_id)
     summary, _ = copy_in_place.run(spark, candidates, settings, args.results, args.partitions,
-                                   run_options.pace(args))
+                                   run_options.pace(args), run_options.checkpoint(args))
     title = f"copy-in-place run {run_id}{' (dry run)' if args.dry_run else ''}"
     code = results.report(title, summary, args.max_failures, args.results, run_id)
-    tally = copy_in_place.driver_tally(summary["tally"], len(buckets), summary["requests"] - summary["tally"].counted,
+    tally = copy_in_place.driver_tally(summary["tally"], len(buckets), summary["driver_requests"],
                                        scopes is not None)
     if args.dry_run:
         print(pricing.format_estimate(tally, prices), flush=True)
-    if args.results_table:  # after the summary: a failure here says what is written and how to register it
-        results_table.register_after_run(args.results_table, args.results, results.SCHEMA, run_id)
     return code
 
 

@@ -268,29 +268,31 @@ def test_dry_run_writes_nothing_and_reports_records_and_fields(spark, moto_serve
     assert {k: object_state(bucket, k) for k in before} == before
 
 
-def test_a_source_listing_gives_candidates_and_per_bucket_counts_that_the_run_uses(spark, moto_server, unique,
-                                                                                   tmp_path, s3):
+def test_a_source_listing_lists_the_sub_folders_in_tasks_and_gives_every_object_once(spark, moto_server, unique,
+                                                                                    tmp_path, s3):
     bucket = make_bucket(f"anon-src-{unique}", ownership="BucketOwnerEnforced")
-    for key in ("in/a.json", "in/b c.json", "other/x.json"):
+    keys = ("in/a.json", "in/b c.json", "in/d=1/x.json", "in/d=1/y/z.json", "in/d=2/x.json", "other/x.json")
+    for key in keys:
         s3.put_object(Bucket=bucket, Key=key, Body=SECRET_LINES)
-    before = {k: object_state(bucket, k) for k in ("in/a.json", "in/b c.json", "other/x.json")}
+    before = {k: object_state(bucket, k) for k in keys}
+    wanted = [k for k in keys if k.startswith("in/")]
 
     frame, counts = sources.source_candidates(spark, f"s3://{bucket}/in/")
 
-    assert counts == {bucket: 2}
-    expected = spark.createDataFrame([(bucket, "in/a.json", len(SECRET_LINES)), (bucket, "in/b c.json",
-                                                                                 len(SECRET_LINES))],
+    assert counts is None
+    assert sources.list_level(f"s3://{bucket}/in/")[2] == ["in/d=1/", "in/d=2/"]  # what the tasks list
+    expected = spark.createDataFrame([(bucket, k, len(SECRET_LINES)) for k in wanted],
                                      "bucket string, key string, size long")
     assert_df_equality(frame.select("bucket", "key", "size"), expected, ignore_row_order=True,
                        ignore_nullable=True)
     summary, _ = anon.run(spark, frame, settings("src"), str(tmp_path / "r"), bucket_counts=counts)
 
     got = results_by_key(spark, tmp_path / "r", "src")
-    assert sorted(got) == ["in/a.json", "in/b c.json"]
-    # The bucket was looked up from the counts: ACLs disabled, so GET + conditional PUT only.
+    assert sorted(got) == wanted
+    # ACLs disabled, so GET + conditional PUT only.
     assert {(r.status, r.requests) for r in got.values()} == {(anon.ANONYMIZED, 2)}
-    assert summary["statuses"] == {anon.ANONYMIZED: 2}
-    for key in ("in/a.json", "in/b c.json"):
+    assert summary["statuses"] == {anon.ANONYMIZED: len(wanted)}
+    for key in wanted:
         assert object_state(bucket, key) == rewritten(before[key], BLANKED_LINES, "src", versions=0)  # unversioned
     assert object_state(bucket, "other/x.json") == before["other/x.json"]
 

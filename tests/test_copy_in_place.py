@@ -82,13 +82,28 @@ def test_result_rows_describe_each_candidate(spark, rich, tmp_path):
     assert got[rich.keys["archived"]].requests == 1
 
 
-def test_rerun_of_the_same_delivery_copies_nothing(spark, rich, tmp_path):
+def test_rerun_of_the_same_delivery_resumes_keeping_every_row_and_touching_nothing(spark, rich, tmp_path):
     run_job("--inventory-table", rich.delivery.table, "--results", tmp_path / "r")
+    run_id = cip.default_run_id(f"{rich.bucket}/daily/2026-11-24T00-00Z")
+    first = {k: r.asDict() for k, r in results_by_key(spark, tmp_path / "r", run_id).items()}
     between = {key: object_state(rich.bucket, key) for key in rich.keys.values()}
 
     assert run_job("--inventory-table", rich.delivery.table, "--results", tmp_path / "r") == 0
 
+    assert {k: r.asDict() for k, r in results_by_key(spark, tmp_path / "r", run_id).items()} == first
+    assert {s["status"] for k, s in first.items() if k != rich.keys["archived"]} == {cip.COPIED}
+    assert {key: object_state(rich.bucket, key) for key in rich.keys.values()} == between
+
+
+def test_objects_copied_whose_rows_were_lost_are_found_already_copied(spark, rich, tmp_path):
+    run_job("--inventory-table", rich.delivery.table, "--results", tmp_path / "r")
+    between = {key: object_state(rich.bucket, key) for key in rich.keys.values()}
     run_id = cip.default_run_id(f"{rich.bucket}/daily/2026-11-24T00-00Z")
+    for part in (tmp_path / "r" / f"run_id={run_id}").glob("part-*"):
+        part.unlink()  # as if the run had been killed before its tasks committed
+
+    assert run_job("--inventory-table", rich.delivery.table, "--results", tmp_path / "r") == 0
+
     statuses = {k: r.status for k, r in results_by_key(spark, tmp_path / "r", run_id).items()}
     assert {s for k, s in statuses.items() if k != rich.keys["archived"]} == {cip.ALREADY_COPIED}
     assert {key: object_state(rich.bucket, key) for key in rich.keys.values()} == between

@@ -32,6 +32,7 @@ from s3lake.objects import results
 from s3lake.replication import copy_in_place as cip
 from s3lake_testbed import seed
 from s3lake_testbed.inventory import inventory_row, write_inventory
+from s3lake_testbed.process import process_tree
 from s3lake_testbed.proxy import FAULT_KINDS, FaultPlan
 from s3lake_testbed.replication import replicate_everything
 from s3lake_testbed.scenarios import ALL_USERS, AWKWARD_KEYS, OTHER_ACCOUNT
@@ -404,25 +405,12 @@ def test_access_denied_objects_are_recorded_and_the_rest_of_an_anonymize_run_com
 # ------------------------------------------------------------------------------------------ killed run
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and its descendants (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
+def small_objects(direct, name: str, n: int) -> tuple[str, list[str], str, dict[str, int]]:
+    """A replicated, versioned bucket of ``n`` small objects: (bucket, keys, inventory manifest, versions)."""
+    bucket = replicate_everything(make_bucket(name, versioned=True))
+    keys = [f"k/{i:04d}" for i in range(n)]
+    pmap(lambda k: direct.put_object(Bucket=bucket, Key=k, Body=k.encode(), Metadata={"m": k[-1]}), keys)
+    return bucket, keys, inventory_for(direct, bucket, keys), version_counts(direct, bucket)
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
@@ -481,45 +469,118 @@ def submit(script: str, *args: str, master: str = "local[2]", conf: dict | None 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the run's processes in /proc")
-def test_a_killed_copy_run_rerun_with_the_same_run_id_copies_every_candidate_exactly_once(spark, proxy, direct,
-                                                                                          unique, tmp_path):
-    bucket = replicate_everything(make_bucket(f"flt-kill-{unique}", versioned=True))
-    keys = [f"k/{i:04d}" for i in range(300)]
-    pmap(lambda k: direct.put_object(Bucket=bucket, Key=k, Body=k.encode(), Metadata={"m": k[-1]}), keys)
-    manifest = inventory_for(direct, bucket, keys)
-    before = version_counts(direct, bucket)
+def test_a_killed_copy_run_keeps_its_committed_rows_and_its_rerun_resumes_after_them(spark, proxy, direct, unique,
+                                                                                      tmp_path):
+    bucket, keys, manifest, before = small_objects(direct, f"flt-kill-{unique}", 300)
     job = str(ROOT / "jobs" / "copy_in_place.py")
-    args = ["--inventory-manifest", manifest, "--results", str(tmp_path / "r"), "--run-id", "killed"]
+    interval = 1.0
+    args = ["--inventory-manifest", manifest, "--results", str(tmp_path / "r"), "--run-id", "killed",
+            "--checkpoint-interval", str(interval)]
 
     proxy.configure(latency=0.05)  # ~12 s of copying at 2 tasks x 2 objects in flight
     run = submit(job, *args, "--concurrency", "2", "--partitions", "2", log=tmp_path / "first.log", wait=False)
     try:
         deadline = time.monotonic() + 240
-        while proxy.counts().get("CopyObject", 0) < 60:
+        while proxy.counts().get("CopyObject", 0) < 150:
             assert run.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the run never got going"
             time.sleep(0.1)
     finally:
+        killed_at = time.time()
         kill_tree(run)
     proxy.configure(latency=0.0)
     time.sleep(0.5)  # a request the proxy was still delaying lands now, not during the rerun
 
-    def marked(key: str) -> bool:
-        return direct.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get(cip.MARKER) == "killed"
+    def copied_at(key: str) -> float | None:
+        head = direct.head_object(Bucket=bucket, Key=key)
+        return head["LastModified"].timestamp() if head.get("Metadata", {}).get(cip.MARKER) == "killed" else None
 
-    copied = {k for k, m in zip(keys, pmap(marked, keys)) if m}
-    assert 60 <= len(copied) < len(keys)
-    assert not (tmp_path / "r" / "run_id=killed").exists()
+    copied = {k: t for k, t in zip(keys, pmap(copied_at, keys)) if t is not None}
+    assert 150 <= len(copied) < len(keys)
+    committed = {r.key: r.status for r in results.read_run(spark, str(tmp_path / "r"), "killed").collect()}
+    assert set(committed.values()) == {cip.COPIED} and set(committed) <= set(copied)
+    # LastModified has one-second resolution: 'finished more than one interval before the kill', with a second
+    # for the rounding and one for the commit's own PUT
+    assert {k for k, t in copied.items() if t < killed_at - interval - 2} <= set(committed)
 
+    proxy.reset_counts()
     rerun = submit(job, *args, log=tmp_path / "rerun.log")
     assert rerun.returncode == 0, (tmp_path / "rerun.log").read_text()[-3000:]
 
-    got = results_by_key(spark, tmp_path / "r", "killed")
-    assert {k: r.status for k, r in got.items()} == {
-        k: cip.ALREADY_COPIED if k in copied else cip.COPIED for k in keys}
+    counts = proxy.counts()
+    proxy.reset_counts()
+    again = submit(job, *args, log=tmp_path / "again.log")  # all committed: what the driver alone requests
+    assert again.returncode == 0, (tmp_path / "again.log").read_text()[-3000:]
+    driver = proxy.counts()
+    assert not {"CopyObject", "GetObjectAcl"} & set(driver)
+    # none for a committed object
+    assert counts.get("HeadObject", 0) - driver.get("HeadObject", 0) == len(keys) - len(committed)
+    assert counts.get("CopyObject", 0) == len(keys) - len(copied)
+    assert counts.get("GetObjectAcl", 0) == len(keys) - len(copied)
+    rows = results.read_run(spark, str(tmp_path / "r"), "killed").collect()
+    assert len(rows) == len(keys)
+    assert {r.key: r.status for r in rows} == {
+        k: cip.COPIED if k in committed or k not in copied else cip.ALREADY_COPIED for k in keys}
     versions = version_counts(direct, bucket)
     assert {k: versions[k] - before[k] for k in keys} == {k: 1 for k in keys}
-    assert all(pmap(marked, keys))
+    assert "resumed" in (tmp_path / "rerun.log").read_text()
+
+
+def python_workers(root: int) -> list[int]:
+    """The Python workers a run's daemon forked (not the daemon itself)."""
+    daemons = []
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if b"pyspark.daemon" in fh.read():
+                    daemons.append(pid)
+        except OSError:
+            continue
+    out = []
+    for pid in daemons:
+        with open(f"/proc/{pid}/stat") as fh:
+            if int(fh.read().rsplit(")", 1)[1].split()[1]) in daemons:
+                out.append(pid)
+    # busiest first: a worker running an object task has its pools' threads; an idle reused one has one
+    return sorted(out, key=lambda pid: -len(os.listdir(f"/proc/{pid}/task")))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the run's processes in /proc")
+def test_a_task_killed_mid_partition_is_retried_redoing_at_most_its_last_checkpoint(spark, proxy, direct, unique,
+                                                                                   tmp_path):
+    bucket, keys, manifest, before = small_objects(direct, f"flt-task-{unique}", 300)
+    job = str(ROOT / "jobs" / "copy_in_place.py")
+    args = ["--inventory-manifest", manifest, "--results", str(tmp_path / "r"), "--run-id", "task",
+            "--checkpoint-interval", "1", "--concurrency", "2", "--partitions", "2"]
+
+    proxy.configure(latency=0.05)  # 3 requests per object: at most ~13 objects/s per task
+    run = submit(job, *args, master="local[2,4]", log=tmp_path / "run.log", wait=False)  # 4 attempts per task
+    try:
+        deadline = time.monotonic() + 240
+        while proxy.counts().get("CopyObject", 0) < 120:
+            assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the run never got going"
+            time.sleep(0.1)
+        workers = python_workers(run.pid)
+        assert workers, "no Python worker found"
+        os.kill(workers[0], signal.SIGKILL)  # one task's worker: its attempt fails, Spark retries it
+        assert run.wait(timeout=240) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        if run.poll() is None:
+            kill_tree(run)
+        proxy.configure(latency=0.0)
+
+    assert "Lost task" in (tmp_path / "run.log").read_text()  # the attempt did fail
+    rows = results.read_run(spark, str(tmp_path / "r"), "task").collect()
+    assert len(rows) == len(keys)
+    redone = [r.key for r in rows if r.status == cip.ALREADY_COPIED]  # copied, row lost with the attempt
+    # Without checkpoints the retry would redo the whole partition (~150 objects, ~60 of them copied). With
+    # them: what finished in the last interval (at most ~13/s) and what was in flight.
+    assert len(redone) <= 30, redone
+    assert {r.key: r.status for r in rows} == {k: cip.ALREADY_COPIED if k in redone else cip.COPIED for k in keys}
+    versions = version_counts(direct, bucket)
+    assert {k: versions[k] - before[k] for k in keys} == {k: 1 for k in keys}
 
 
 # ------------------------------------------------------------------------------------------ JSON to Parquet

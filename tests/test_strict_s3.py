@@ -318,3 +318,37 @@ def test_a_copy_re_sending_lock_headers_needs_no_content_md5_in_strict_mode_as_i
     seen = each_server(raw_writers, scenario)
     assert seen["plain"] == [(400, "MissingUploadObjectWithObjectLockHeaders")] * 2
     assert seen["strict"] == ["ok", "ok"]
+
+
+# 9. conditional PutObject, decided atomically
+
+def test_conditional_puts_answer_as_s3_does_and_of_racing_creates_exactly_one_wins(servers, unique):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def scenario(s3, mode):
+        bucket = f"cput-{mode}-{unique}"
+        s3.create_bucket(Bucket=bucket)
+        etag = s3.put_object(Bucket=bucket, Key="k", Body=b"one", IfNoneMatch="*")["ETag"]
+        answers = [
+            outcome(lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"two", IfNoneMatch="*")),
+            outcome(lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"two", IfMatch='"0" * 32')),
+            outcome(lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"two", IfMatch=etag)),
+            outcome(lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"three", IfMatch=etag)),  # stale now
+        ]
+        winners = []
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for race in range(5):
+                key = f"race-{race}"
+                got = list(pool.map(lambda i, key=key: outcome(
+                    lambda: s3.put_object(Bucket=bucket, Key=key, Body=str(i).encode(), IfNoneMatch="*")), range(16)))
+                winners.append(got.count("ok"))
+        return answers, winners
+
+    strict_answers, strict_winners = scenario(servers["strict"], "strict")
+    assert strict_answers == [(412, "PreconditionFailed"), (412, "PreconditionFailed"), "ok",
+                              (412, "PreconditionFailed")]
+    assert strict_winners == [1] * 5
+    missing = servers["strict"]
+    bucket = f"cput-strict-{unique}"
+    assert outcome(lambda: missing.put_object(Bucket=bucket, Key="absent", Body=b"x", IfMatch='"abc"')) == (
+        404, "NoSuchKey")

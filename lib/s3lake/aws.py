@@ -67,12 +67,13 @@ def client_config(max_attempts: int | None = None, max_pool: int | None = None) 
     )
 
 
-def client(service: str, *, max_attempts: int | None = None, max_pool: int | None = None) -> Any:
+def client(service: str, *, max_attempts: int | None = None, max_pool: int | None = None,
+           unpaced: bool = False) -> Any:
     """A cached boto3 client for ``service`` in this process (safe to share across threads); paced while
     a :func:`s3lake.objects.pacing.task` is current (``max_attempts=1`` then means: a client for non-idempotent
-    writes, whose unknown outcomes its caller checks)."""
+    writes, whose unknown outcomes its caller checks), unless ``unpaced`` (the run's own bookkeeping)."""
     pacing = _pacing
-    paced = pacing is not None and pacing[0]()
+    paced = not unpaced and pacing is not None and pacing[0]()
     key = (
         paced,
         os.getpid(),

@@ -31,3 +31,8 @@ class NotRegistered(S3LakeError):
     finish; exit 1 (done, look at this), not 2 (nothing touched)."""
 
     exit_code = 1
+
+
+class RunInUseError(S3LakeError):
+    """Another driver is working this run id right now, or the run's committed rows come from another kind
+    of run (a dry run, another job): nothing was touched."""

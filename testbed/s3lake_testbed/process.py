@@ -1,7 +1,9 @@
-"""A server subprocess on a loopback port: started, waited for, stopped (moto, the proxy)."""
+"""A server subprocess on a loopback port: started, waited for, stopped (moto, the proxy); and a process's
+tree (Linux /proc), to kill a run like a lost node or to measure it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from typing import Any, Callable
@@ -54,3 +56,24 @@ class LoopbackProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out

@@ -11,7 +11,8 @@ behaviour is one function below, citing the S3 page it emulates:
 5. ACL writes on a BucketOwnerEnforced bucket are 400 AccessControlListNotSupported;
 6. CopyObject / UploadPartCopy copy-source conditions (412 PreconditionFailed);
 7. a retain-until date in the past is 400 InvalidArgument;
-8. (moto stricter than S3, undone) CopyObject with Object Lock headers needs no Content-MD5 / checksum.
+8. (moto stricter than S3, undone) CopyObject with Object Lock headers needs no Content-MD5 / checksum;
+9. a conditional PutObject (``If-None-Match: *``, ``If-Match``) is decided and written atomically.
 
 Request checks run before moto handles a request (they answer with S3's error); checksum and SSE-C
 bookkeeping runs on moto's backend. Plain moto (``strict=False``) stays available.
@@ -20,6 +21,7 @@ bookkeeping runs on moto's backend. Plain moto (``strict=False``) stays availabl
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import functools
 import re
@@ -583,9 +585,44 @@ def check_retain_until(req: Request) -> None:
 
 # --- wiring ---------------------------------------------------------------------------------------
 
+# --- 9. conditional PutObject, decided atomically ---------------------------------------------------
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html and API_PutObject.html:
+# ``If-None-Match: *`` writes only if no object has the key (412 PreconditionFailed otherwise); ``If-Match``
+# writes only if the current object's ETag is the one given (412 otherwise; 404 NoSuchKey when there is no
+# object). S3 decides a condition and the write as one step: of concurrent conditional writes to one key,
+# one wins and the others fail (409 ConditionalRequestConflict or 412). moto checks the condition and then
+# writes, unlocked, in a threaded server: two claims could both win. Here both happen under one lock.
+
+_conditional = threading.Lock()
+
+
+def is_conditional_put(req: Request) -> bool:
+    return req.operation == "PutObject" and bool(req.header("if-none-match") or req.header("if-match"))
+
+
+def check_conditional_put(req: Request) -> None:
+    """Runs under ``_conditional`` (see :func:`install`)."""
+    if not is_conditional_put(req):
+        return
+    try:
+        current = req.backend.get_object(req.bucket_name, req.key_name)
+    except Exception:  # noqa: BLE001 - a missing bucket is moto's to answer
+        return
+    if current is not None and getattr(current, "is_delete_marker", False):
+        current = None
+    if_match, if_none_match = req.header("if-match"), req.header("if-none-match")
+    if if_none_match and "*" in _etags(if_none_match) and current is not None:
+        raise S3Error(412, "PreconditionFailed", PRECONDITION, Condition="If-None-Match")
+    if if_match:
+        if current is None:
+            raise S3Error(404, "NoSuchKey", "The specified key does not exist.", Key=req.key_name)
+        if current.etag.strip('"') not in _etags(if_match) and "*" not in _etags(if_match):
+            raise S3Error(412, "PreconditionFailed", PRECONDITION, Condition="If-Match")
+
+
 CHECKS: tuple[Callable[[Request], None], ...] = (
     check_sse_c, check_copy_conditions, check_self_copy, check_acl_disabled, check_retain_until,
-    check_part_checksums, check_client_checksum,
+    check_part_checksums, check_client_checksum, check_conditional_put,
 )
 
 
@@ -633,12 +670,13 @@ def install() -> None:
         @functools.wraps(key_response)
         def strict_key_response(self: Any, request: Any, full_url: str) -> Any:
             req = Request(self, request.method)
-            try:
-                for check in CHECKS:
-                    check(req)
-            except S3Error as error:
-                return error.response()
-            result = key_response(self, request, full_url)
+            with _conditional if is_conditional_put(req) else contextlib.nullcontext():
+                try:
+                    for check in CHECKS:
+                        check(req)
+                except S3Error as error:
+                    return error.response()
+                result = key_response(self, request, full_url)
             if not (isinstance(result, tuple) and len(result) == 3):
                 return result
             status, headers, body = result

@@ -69,6 +69,7 @@ from s3lake.objects.acl_grants import Acl, acl_from_response
 from s3lake.objects.at_most_once import backoff_sleep, is_retryable
 from s3lake.objects.attributes import MAX_USER_METADATA, ObjectState, metadata_size
 from s3lake.objects.buckets import BucketInfo
+from s3lake.objects.checkpoints import CheckpointOptions
 from s3lake.objects.driver import Counter, bounded_map, run_per_object
 from s3lake.objects.pacing import PaceOptions
 
@@ -341,12 +342,14 @@ def process_partition(rows: Iterable[Any], settings: Settings, buckets: Mapping[
 
 def run(spark: SparkSession, candidates: DataFrame, settings: Settings, results_path: str,
         partitions: int | None = None, bucket_counts: Mapping[str, int] | None = None,
-        pace: PaceOptions | None = None) -> tuple[dict[str, Any], DataFrame]:
-    """Process every candidate, write the results once, return (summary, this run's results).
+        pace: PaceOptions | None = None, checkpoint: CheckpointOptions | None = None
+        ) -> tuple[dict[str, Any], DataFrame]:
+    """Process every candidate not done yet, committing rows as it goes; return (summary, this run's results).
     ``bucket_counts``: candidates per bucket when already known (``source_candidates``)."""
     return run_per_object(spark, candidates, results_path, settings.run_id, partitions, not settings.dry_run,
                           lambda rows, infos: process_partition(rows, settings, infos), bucket_counts,
-                          concurrency=settings.concurrency, pace=pace)
+                          concurrency=settings.concurrency, pace=pace, job=JOB, dry_run=settings.dry_run,
+                          checkpoint=checkpoint)
 
 
 # Objects read through the rules from the first line to the last: the ones a rule's counts speak for.

@@ -1,19 +1,23 @@
-"""How a per-object job runs: the driver (bucket lookups once, candidates spread over tasks, results
-written once, progress lines), paced concurrency inside a task (:mod:`s3lake.objects.pacing`), and the per-object
-request count.
+"""How a per-object job runs: the driver (a run resumed, bucket lookups once, candidates spread over tasks
+that commit their rows as they go, progress lines), paced concurrency inside a task
+(:mod:`s3lake.objects.pacing`), and the per-object request count.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import sys
 import threading
 import time
+import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
-from s3lake.objects import pacing, progress
+from s3lake.objects import checkpoints, pacing, progress, runs, stores
 from s3lake.objects.buckets import BucketInfo, bucket_info
+from s3lake.objects.checkpoints import CheckpointOptions
 from s3lake.objects.shares import Shares
 
 R = TypeVar("R")
@@ -40,13 +44,19 @@ def run_per_object(spark: Any, candidates: Any, results_path: str, run_id: str, 
                    copy_acls: bool, process_partition: Callable[[Iterable[Any], Mapping[str, BucketInfo]],
                                                                 Iterator[tuple]],
                    bucket_counts: Mapping[str, int] | None = None, concurrency: int = 32,
-                   pace: pacing.PaceOptions | None = None) -> tuple[dict[str, Any], Any]:
-    """The driver side of an object job: look up each bucket once, spread the candidates over tasks,
-    write the result rows once (that single action does the object writes: the mapped frame is never
-    recomputed), then summarize this run's partition. Returns (summary, results DataFrame).
+                   pace: pacing.PaceOptions | None = None, *, job: str = "", dry_run: bool = False,
+                   checkpoint: CheckpointOptions | None = None) -> tuple[dict[str, Any], Any]:
+    """The driver side of an object job: resume the run, look up each bucket once, spread the candidates
+    left over tasks that commit their rows as they go, then summarize this run's partition. Returns
+    (summary, results DataFrame).
 
-    ``bucket_counts`` (candidates per bucket), when the caller already knows them (a listing made on the
-    driver), saves the counting job; otherwise the candidates are cached and counted in one pass.
+    The run's folder ``<results>/run_id=<id>/`` is this driver's while it runs (:class:`~s3lake.objects.runs.RunLock`).
+    Candidates with a committed row are not worked again (``summary["resumed"]``); the tasks commit rows
+    every ``checkpoint.interval`` seconds and claim their chunks (:mod:`s3lake.objects.checkpoints`), so an
+    abort loses one interval's rows at most and no two attempts work one object.
+
+    ``bucket_counts`` (candidates per bucket), when the caller already knows them and nothing is resumed,
+    saves the counting job; otherwise the candidates left are cached and counted in one pass.
 
     Every task runs paced per prefix (``pace``: the run-wide caps, of which the driver grants each running
     task a share; the object deadline; at most ``concurrency`` objects in flight, fewer per prefix while
@@ -57,45 +67,89 @@ def run_per_object(spark: Any, candidates: Any, results_path: str, run_id: str, 
     from s3lake.objects import results
 
     started = time.monotonic()
-    cached = bucket_counts is None
-    if cached:
-        candidates = candidates.persist()
-        bucket_counts = dict(candidates.groupBy("bucket").count().collect())
-    infos, driver_requests = {}, 0
-    for name in sorted(bucket_counts):
-        infos[name], n = bucket_info(name, copy_acls)
-        driver_requests += n
-    count = sum(bucket_counts.values())
-    slots = spark.sparkContext.defaultParallelism
-    tasks = partitions or default_partitions(count, slots)
-    pace = pace or pacing.PaceOptions()
-    settings = pace.task_settings(concurrency, tasks)
-    totals = spark.sparkContext.accumulator({}, progress.totals_param())
-    status_at = results.FIELDS.index("status")
-    coordinator = Shares() if settings.capped else None
-    with progress.Monitor(count, pace.progress_interval, host=progress.driver_host(spark),
-                          shares=coordinator) as monitor:
-        address = monitor.address
+    checkpoint = checkpoint or CheckpointOptions()
+    run_dir = f"{results_path.rstrip('/')}/run_id={run_id}"
+    store = stores.store_for(run_dir)
+    with runs.RunLock(store, run_id, job, dry_run, checkpoint):
+        resumed = 0
+        if next(iter(store.names("part-")), None) is not None:
+            committed = results.read_run(spark, results_path, run_id).select("bucket", "key")
+            resumed = committed.count()
+            candidates = candidates.join(committed, ["bucket", "key"], "left_anti")
+            bucket_counts = None
+        cached = bucket_counts is None
+        if cached:
+            candidates = candidates.persist()
+            bucket_counts = dict(candidates.groupBy("bucket").count().collect())
+        count = sum(bucket_counts.values())
+        if resumed:
+            print(f"s3lake: resuming run {run_id}: {resumed:,} objects have committed rows, {count:,} to go",
+                  file=sys.stderr, flush=True)
+        infos, driver_requests = {}, 0
+        for name in sorted(bucket_counts):
+            infos[name], n = bucket_info(name, copy_acls)
+            driver_requests += n
+        slots = spark.sparkContext.defaultParallelism
+        tasks = partitions or default_partitions(count, slots)
+        pace = pace or pacing.PaceOptions()
+        settings = pace.task_settings(concurrency, tasks)
+        totals = spark.sparkContext.accumulator({}, progress.totals_param())
+        status_at = results.FIELDS.index("status")
+        fields = list(results.FIELDS)
+        generation = uuid.uuid4().hex[:8]
+        coordinator = Shares() if settings.capped else None
+        with progress.Monitor(count, pace.progress_interval, host=progress.driver_host(spark),
+                              shares=coordinator, resumed=resumed) as monitor:
+            address = monitor.address
 
-        def paced_partition(rows: Iterable[Any]) -> Iterator[tuple]:
-            with pacing.task(settings) as pacer, progress.task_reporter(
-                    address, pacer.snapshot, on_share=pacer.set_share if settings.capped else None,
-                    fallback=settings.share) as reporter:
-                for row in process_partition(rows, infos):
-                    reporter.done(row[status_at])
-                    yield row
-                snapshot = pacer.snapshot()
-                totals.add({**{name: snapshot[name] for name in progress.TOTAL_FIELDS},
-                            "prefixes": progress.merge_prefixes({}, pacer.most_throttled(50))})
+            def paced_partition(rows: Iterable[Any]) -> Iterator[dict]:
+                partition, holder = task_identity()
+                chunks = checkpoints.TaskCheckpoints(store, f"{generation}-{partition:05d}", holder, fields,
+                                                     checkpoint)
+                with chunks, pacing.task(settings) as pacer, progress.task_reporter(
+                        address, pacer.snapshot, on_share=pacer.set_share if settings.capped else None,
+                        fallback=settings.share) as reporter:
+                    for row in process_partition(chunks.feed(rows), infos):
+                        chunks.done(row)
+                        reporter.done(row[status_at])
+                    snapshot = pacer.snapshot()
+                    totals.add({**{name: snapshot[name] for name in progress.TOTAL_FIELDS},
+                                "prefixes": progress.merge_prefixes({}, pacer.most_throttled(50))})
+                yield dataclasses.asdict(chunks.stats)
 
-        rdd = spread(candidates, tasks).rdd.mapPartitions(paced_partition)
-        results.write(spark.createDataFrame(rdd, results.SCHEMA), results_path)
-    if cached:
-        candidates.unpersist()
+            task_stats = spread(candidates, tasks).rdd.mapPartitions(paced_partition).collect()
+        if cached:
+            candidates.unpersist()
     written = results.read_run(spark, results_path, run_id)
     summary = results.summarize(results.summary_rows(written), time.monotonic() - started, driver_requests)
     summary.update(pacing_summary(totals.value))
+    summary["resumed"] = resumed
+    summary["driver_requests"] = driver_requests
+    summary["checkpoints"] = checkpoint_summary(task_stats)
     return summary, written
+
+
+def task_identity() -> tuple[int, str]:
+    """(partition, holder name) of the running Spark task attempt (a thread's, outside Spark)."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    tag = uuid.uuid4().hex[:6]
+    if ctx is None:
+        return 0, f"local-{threading.get_ident()}-{tag}"
+    return ctx.partitionId(), (f"stage {ctx.stageId()} partition {ctx.partitionId()} attempt "
+                               f"{ctx.attemptNumber()} task {ctx.taskAttemptId()} ({tag})")
+
+
+def checkpoint_summary(stats: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The tasks' checkpoint tallies, summed (the stats of the attempts that finished)."""
+    out: dict[str, Any] = {}
+    for one in stats:
+        for name, value in one.items():
+            out[name] = out.get(name, 0) + value
+    if "waited" in out:
+        out["waited"] = round(out["waited"], 1)
+    return out
 
 
 def spread(candidates: Any, tasks: int) -> Any:

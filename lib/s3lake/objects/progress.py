@@ -67,14 +67,17 @@ def share(part: float, whole: float) -> float:
 
 
 def format_line(total: int, statuses: Mapping[str, int], seconds: float, requests: int, throttled: int,
-                waited: float = 0.0, prefixes: Mapping[str, list] | None = None) -> str:
-    """One progress line (pure); ``prefixes``: label -> [requests, throttled]."""
+                waited: float = 0.0, prefixes: Mapping[str, list] | None = None, resumed: int = 0) -> str:
+    """One progress line (pure); ``prefixes``: label -> [requests, throttled]; ``resumed``: objects whose
+    rows an earlier driver of the run committed (not in ``total``)."""
     done = sum(statuses.values())
     by_status = ", ".join(f"{s} {n:,}" for s, n in sorted(statuses.items())) or "none yet"
     rate = done / seconds if seconds > 0 else 0.0
     line = (f"progress: {done:,}/{total:,} objects ({100 * share(done, total):.1f}%) [{by_status}] | "
             f"{rate:,.1f} objects/s | {requests:,} requests, {100 * share(throttled, requests):.1f}% throttled | "
             f"waited {waited:,.0f} s | ETA {format_duration(eta(done, total, seconds))}")
+    if resumed:
+        line = f"{line} | resumed {resumed:,}"
     hot = format_prefixes(prefixes or {}, 3)
     return f"{line} | most throttled: {hot}" if hot else line
 
@@ -223,8 +226,9 @@ class Monitor:
 
     def __init__(self, total: int, interval: float = DEFAULT_INTERVAL, host: str = "127.0.0.1",
                  out: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
-                 shares: Shares | None = None) -> None:
+                 shares: Shares | None = None, resumed: int = 0) -> None:
         self.total, self.interval, self.host = total, interval, host
+        self.resumed = resumed
         self.shares = shares
         self.out = out or (lambda line: print(f"s3lake {line}", file=sys.stderr, flush=True))
         self.clock = clock
@@ -259,7 +263,7 @@ class Monitor:
     def line(self) -> str:
         m = self.merged()
         return format_line(self.total, m["statuses"], self.clock() - self.started, m["requests"],
-                           m["throttled"], m["waited"], m["prefixes"])
+                           m["throttled"], m["waited"], m["prefixes"], self.resumed)
 
     def _listen(self) -> None:
         assert self._sock is not None

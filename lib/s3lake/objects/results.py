@@ -1,7 +1,7 @@
 """Per-object outcome rows shared by the object jobs (copy-in-place, anonymize), and their summary.
 
-Results are a Parquet dataset under ``--results``, one ``run_id=<id>`` partition per run; re-running the
-same run id replaces that partition only (dynamic partition overwrite).
+Results are a Parquet dataset under ``--results``, one ``run_id=<id>`` partition per run, whose files the
+tasks commit as they go (:mod:`s3lake.objects.checkpoints`); re-running the same run id resumes it.
 """
 
 from __future__ import annotations
@@ -88,18 +88,8 @@ def check_writable(spark: SparkSession, path: str) -> None:
         raise ResultsPathError(f"cannot write results to {path}: {message}") from None
 
 
-def write(frame: DataFrame, path: str) -> None:
-    """Write results partitioned by run_id, replacing only this run's partition."""
-    # No coalesce here: it would pull the (side-effecting) upstream work into a single task.
-    (
-        frame.write.mode("overwrite")
-        .option("partitionOverwriteMode", "dynamic")
-        .partitionBy("run_id")
-        .parquet(path)
-    )
-
-
 def read_run(spark: SparkSession, path: str, run_id: str) -> DataFrame:
+    """One run's rows (the ``run_id=<id>`` partition; bookkeeping files starting with ``_`` are not read)."""
     return spark.read.schema(SCHEMA).parquet(path).where(F.col("run_id") == run_id)
 
 
@@ -133,6 +123,9 @@ def format_summary(title: str, summary: Mapping[str, Any]) -> str:
              f"({summary['objects_per_second']} objects/s, {summary['requests_per_object']} S3 requests/object)"]
     for status, n in summary["statuses"].items():
         lines.append(f"  {status:<22} {n}")
+    if summary.get("resumed"):
+        lines.append(f"  resumed: {summary['resumed']} of these objects had rows committed by an earlier driver "
+                     "of this run; no request was made for them")
     if "attempts" in summary:
         lines.append(f"  S3 request attempts {summary['attempts']}, {summary['throttled']} throttled "
                      f"({100 * summary['throttled_share']:.1f}%); task threads waited {summary['waited_seconds']} s "

@@ -14,7 +14,7 @@ import logging
 from pyspark.sql import types as T
 
 from s3lake import aws, glue_catalog
-from s3lake.errors import NotRegistered
+from s3lake.errors import ConfigError, NotRegistered
 
 log = logging.getLogger("s3lake.objects.results_table")
 PARTITION = "run_id"
@@ -52,6 +52,17 @@ def register_run(name: str, path: str, schema: T.StructType, run_id: str) -> dic
     counts = glue_catalog.register_partitions(name, location, [[run_id]])
     log.info("Glue table %s: run %s registered at %s", name, run_id, location)
     return counts
+
+
+def register_before_run(name: str, path: str, schema: T.StructType, run_id: str) -> dict[str, int]:
+    """:func:`register_run` before any object is touched, so Athena reads the rows the tasks commit while the
+    run goes on; a failure is one line, exit 2, nothing touched."""
+    try:
+        return register_run(name, path, schema, run_id)
+    except Exception as exc:  # noqa: BLE001 - whatever Glue answered
+        raise ConfigError(f"--results-table {name}: cannot register run {run_id} "
+                          f"({aws.error_code(exc)}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                          "nothing was touched") from None
 
 
 def register_after_run(name: str, path: str, schema: T.StructType, run_id: str) -> dict[str, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from s3lake.objects import pacing, prefixes
+from s3lake.objects import checkpoints, pacing, prefixes
 
 
 def add(p: argparse.ArgumentParser, *, concurrency: int, dry_run_help: str, run_id_help: str) -> None:
@@ -33,6 +33,10 @@ def add(p: argparse.ArgumentParser, *, concurrency: int, dry_run_help: str, run_
                         "(900, 15m, 1h; default 15m)")
     p.add_argument("--progress-interval", type=float, default=30.0, metavar="SECONDS",
                    help="seconds between progress lines on the driver (default 30; 0: none)")
+    p.add_argument("--checkpoint-interval", type=float, default=checkpoints.DEFAULT_INTERVAL, metavar="SECONDS",
+                   help="each task commits the rows of the objects it finished at least this often; an abort "
+                        "loses at most this much work, and a rerun of the run id resumes after the rows "
+                        f"committed (default {checkpoints.DEFAULT_INTERVAL:.0f})")
     p.add_argument("--request-payer", choices=["requester"],
                    help="Requester Pays buckets: send x-amz-request-payer on every request (this account pays)")
 
@@ -47,6 +51,8 @@ def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--max-requests-per-second-per-prefix must be positive")
     if args.prefix_depth < 0 or not args.prefix_delimiter:
         p.error("--prefix-depth must be 0 or more and --prefix-delimiter not empty")
+    if not args.checkpoint_interval > 0:
+        p.error("--checkpoint-interval must be positive")
     if args.progress_interval < 0:
         p.error("--progress-interval must be 0 (none) or positive")
     try:
@@ -61,3 +67,8 @@ def pace(args: argparse.Namespace) -> pacing.PaceOptions:
                               max_per_prefix=args.max_per_prefix, object_deadline=args.object_deadline,
                               progress_interval=args.progress_interval,
                               prefixes=prefixes.PrefixRule(args.prefix_depth, args.prefix_delimiter))
+
+
+def checkpoint(args: argparse.Namespace) -> checkpoints.CheckpointOptions:
+    """The run's :class:`~s3lake.objects.checkpoints.CheckpointOptions` from :func:`add`'s arguments."""
+    return checkpoints.CheckpointOptions(interval=args.checkpoint_interval)

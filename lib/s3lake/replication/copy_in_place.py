@@ -62,6 +62,7 @@ from s3lake.objects.attributes import (
     write_attributes,
 )
 from s3lake.objects.buckets import BucketInfo
+from s3lake.objects.checkpoints import CheckpointOptions
 from s3lake.objects.driver import Counter, bounded_map, run_per_object
 from s3lake.objects.pacing import PaceOptions
 from s3lake.replication import pricing
@@ -414,8 +415,9 @@ def process_partition(rows: Iterable[Any], settings: Settings, buckets: Mapping[
 
 
 def run(spark: SparkSession, candidates: DataFrame, settings: Settings, results_path: str,
-        partitions: int | None = None, pace: PaceOptions | None = None) -> tuple[dict[str, Any], DataFrame]:
-    """Process every candidate, write the results once, return (summary, this run's results).
+        partitions: int | None = None, pace: PaceOptions | None = None,
+        checkpoint: CheckpointOptions | None = None) -> tuple[dict[str, Any], DataFrame]:
+    """Process every candidate not done yet, committing rows as it goes; return (summary, this run's results).
 
     ``summary["tally"]`` is the run's :class:`~s3lake.replication.pricing.Tally` of per-object requests (a dry run's
     includes the writes the real run would make); the driver's lookups are added by :func:`driver_tally`.
@@ -433,7 +435,8 @@ def run(spark: SparkSession, candidates: DataFrame, settings: Settings, results_
     summary, written = run_per_object(spark, candidates, results_path, settings.run_id, partitions,
                                       settings.copy_acls,
                                       lambda rows, infos: process_partition(rows, settings, infos, tallies),
-                                      concurrency=settings.concurrency, pace=pace)
+                                      concurrency=settings.concurrency, pace=pace, job=JOB,
+                                      dry_run=settings.dry_run, checkpoint=checkpoint)
     summary["tally"] = tallies.value
     return summary, written
 
