@@ -311,6 +311,29 @@ fi
 CONFIGURATIONS="$ROOT/conf/emr-configurations-$LINE.json"
 
 # ---------------------------------------------------------------------------------------------------
+# Roles named on the command line exist before anything is uploaded or created (iam:GetRole). A caller
+# that may not read IAM gets one warning and goes on: the service checks the role when the run starts.
+check_role() { # $1 option, $2 role ARN
+  local name="${2##*/}"
+  local get=("${AWS[@]}" iam get-role --role-name "$name" --query Role.Arn --output text)
+  if ((DRY_RUN)); then
+    print_cmd "${get[@]}"
+    return
+  fi
+  "${get[@]}" >/dev/null 2>"$ERR" && return
+  if grep -q NoSuchEntity "$ERR"; then
+    die "$1 $2: no such IAM role in this account (nothing was uploaded or created)"
+  elif grep -qiE 'AccessDenied|not authorized' "$ERR"; then
+    info "warning: cannot check that $1 $2 exists (iam:GetRole denied); going on"
+  else
+    die "cannot check $1 $2: $(one_line "$ERR")"
+  fi
+}
+if [[ "$MODE" == serverless || "$MODE" == serverless-create ]]; then
+  check_role --execution-role-arn "$EXECUTION_ROLE_ARN"
+fi
+
+# ---------------------------------------------------------------------------------------------------
 # Build: the wheel (bootstrap pip-installs it), a zip of the package (spark-submit --py-files), the job
 # entry point, bootstrap/ and conf/, laid out as they are uploaded.
 OUT="$STAGE/out"

@@ -539,8 +539,16 @@ def test_a_python_the_line_does_not_ship_is_refused(env, bucket, label, python):
 
 @pytest.fixture
 def serverless(moto_server):
+    """The EMR Serverless client; the job runtime role :data:`ROLE` exists (launch_emr.sh checks it)."""
     from s3lake import aws
 
+    iam = aws.client("iam")
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                     "Principal": {"Service": "emr-serverless.amazonaws.com"}}]}
+    try:
+        iam.create_role(RoleName=ROLE.rsplit("/", 1)[1], AssumeRolePolicyDocument=json.dumps(trust))
+    except iam.exceptions.EntityAlreadyExistsException:
+        pass
     return aws.client("emr-serverless")
 
 
@@ -673,6 +681,23 @@ def test_serverless_refuses_an_application_not_created_or_started(env, s3, serve
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
 
 
+def test_serverless_refuses_an_execution_role_that_does_not_exist_and_creates_nothing(env, s3, serverless, bucket,
+                                                                                    app):
+    require_job("copy-in-place")
+    missing = "arn:aws:iam::123456789012:role/service-role/s3lake-no-such-role"
+    runs_before = serverless.list_job_runs(applicationId=app)["jobRuns"]
+    apps_before = serverless.list_applications()["applications"]
+    for how in (["--serverless", app], ["--serverless-create", "s3lake-new"]):
+        result = launch(env, "copy-in-place", "--artifacts", f"s3://{bucket}/rel", *how,
+                        "--execution-role-arn", missing)
+        assert result.returncode == 2
+        assert _error_line(result) == (f"launch_emr.sh: error: --execution-role-arn {missing}: no such IAM role in "
+                                       "this account (nothing was uploaded or created)")
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert serverless.list_job_runs(applicationId=app)["jobRuns"] == runs_before
+    assert serverless.list_applications()["applications"] == apps_before
+
+
 def test_serverless_refuses_a_label_other_than_the_applications(env, s3, bucket, app):
     require_job("copy-in-place")
     result = launch(env, "copy-in-place", "--artifacts", f"s3://{bucket}/rel", "--serverless", app,
@@ -716,11 +741,12 @@ def test_serverless_dry_run_on_emr_spark_8_prints_the_calls_and_touches_nothing(
     assert result.returncode == 0, result.stderr
     commands = dry_run_commands(result.stdout)
     assert [c[3:5] for c in commands] == [
-        ["sts", "get-caller-identity"], ["emr-serverless", "create-application"], ["s3", "cp"], ["s3", "cp"],
-        ["emr-serverless", "start-job-run"], ["emr-serverless", "get-job-run"]]
-    create, start = commands[1], commands[4]
+        ["sts", "get-caller-identity"], ["iam", "get-role"], ["emr-serverless", "create-application"],
+        ["s3", "cp"], ["s3", "cp"], ["emr-serverless", "start-job-run"], ["emr-serverless", "get-job-run"]]
+    assert option(commands[1], "--role-name") == "s3lake-job-runtime"
+    create, start = commands[2], commands[5]
     assert option(create, "--release-label") == "emr-spark-8.1.0" and option(create, "--type") == "SPARK"
-    prefix = commands[3][-1].rstrip("/")
+    prefix = commands[4][-1].rstrip("/")
     driver = json.loads(option(start, "--job-driver"))["sparkSubmit"]
     assert driver["entryPointArguments"] == TRICKY_ARGS
     assert driver["sparkSubmitParameters"] == expected_submit_parameters(
@@ -813,8 +839,8 @@ def test_serverless_dry_run_on_an_existing_application_reads_it_first(dead, buck
     assert result.returncode == 0, result.stderr
     commands = dry_run_commands(result.stdout)
     assert [c[3:5] for c in commands] == [
-        ["sts", "get-caller-identity"], ["emr-serverless", "get-application"], ["s3", "cp"], ["s3", "cp"],
-        ["emr-serverless", "start-job-run"]]
+        ["sts", "get-caller-identity"], ["emr-serverless", "get-application"], ["iam", "get-role"],
+        ["s3", "cp"], ["s3", "cp"], ["emr-serverless", "start-job-run"]]
     start = commands[-1]
     assert option(start, "--application-id") == "00abcdef12345678"
     assert option(start, "--execution-role-arn") == ROLE
