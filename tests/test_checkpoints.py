@@ -185,6 +185,28 @@ def test_a_lost_attempt_s_chunk_is_taken_over_after_its_lease_and_only_its_uncom
     assert committed_keys(store, "g-00001-000000") == {("b", c["key"]) for c in candidates(100)}
 
 
+def test_a_failing_attempt_commits_what_it_finished_and_its_retry_takes_over_at_once(store):
+    options = CheckpointOptions(interval=60.0, chunk_objects=100)
+
+    def failing(rows):
+        for i, row in enumerate(work(rows, collections.Counter())):
+            if i == 30:
+                raise RuntimeError("a bug in one object's handling")
+            yield row
+
+    with pytest.raises(RuntimeError):
+        with TaskCheckpoints(store, "g-00004", "attempt-0", FIELDS, options) as first:
+            for row in failing(first.feed(candidates(100))):
+                first.done(row)
+    calls: collections.Counter = collections.Counter()
+    with TaskCheckpoints(store, "g-00004", "attempt-1", FIELDS, options, poll=0.01) as retry:  # no clock change
+        for row in work(retry.feed(candidates(100)), calls):
+            retry.done(row)
+    assert retry.stats.taken_over == 1 and retry.stats.waited < 5
+    assert set(calls) == {c["key"] for c in candidates(100)[30:]}
+    assert sorted(k for _, k in rows_of(store)) == [c["key"] for c in candidates(100)]
+
+
 def test_an_attempt_that_lost_its_claim_commits_nothing_more(store):
     options = CheckpointOptions(interval=60.0, chunk_objects=50)
     slow = TaskCheckpoints(store, "g-00002", "attempt-0", FIELDS, options)

@@ -6,8 +6,8 @@ chunks of ``chunk_objects``. Before it starts a chunk's first object, the task c
 
 * a chunk another live attempt holds (a resubmitted stage, speculation) is waited for: when its holder
   marks it done the rows are its holder's, and nothing of it is done twice;
-* a chunk whose holder stopped renewing for a lease (a lost executor) is taken over: the objects whose
-  rows its holder committed are skipped, the rest are worked;
+* a chunk whose holder stopped renewing for a lease (a lost executor), or released it (a failing task), is
+  taken over: the objects whose rows its holder committed are skipped, the rest are worked;
 * every ``interval`` seconds, and when a chunk's last object is finished, the rows finished since the last
   commit are written as one Parquet file ``part-<chunk>-<attempt>-<n>.parquet`` (the ``run_id``
   partition's layout: ``spark.read.parquet`` and Athena read them while the run goes on), the claim
@@ -183,6 +183,10 @@ class TaskCheckpoints:
             self._thread.join()
         try:
             self.commit()  # whatever finished, even when the task fails: less to redo
+            if failed is not None:  # Spark's retry of this task takes its chunks over at once
+                for chunk in list(self._open.values()):
+                    if not chunk.lost:
+                        self.claims.release(chunk.claim)
         except Exception:  # noqa: BLE001
             if failed is None:
                 raise  # a task that cannot commit its rows must fail; a failing one keeps its own error

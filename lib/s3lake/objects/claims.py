@@ -8,7 +8,8 @@ decide every race (S3: https://docs.aws.amazon.com/AmazonS3/latest/userguide/con
   raced this one; either way somebody else holds it;
 * **renew** (the holder's heartbeat) and **take over** a claim not renewed within its lease: replace only if
   unchanged since read (``If-Match`` on the ETag): a refusal means somebody else wrote it since;
-* **done**: the holder replaces its claim with ``done`` (``If-Match`` again): no later attempt redoes it.
+* **done**: the holder replaces its claim with ``done`` (``If-Match`` again): no later attempt redoes it;
+* **released**: a failing holder gives its claim up, so the next attempt need not wait for the lease.
 
 A holder that loses its claim (a refused renewal) starts nothing more of that piece and commits nothing more
 for it; only its holder marks a piece done.
@@ -80,6 +81,12 @@ class Claims:
         body, now = self._body("working")
         tag = self.store.replace(claim.name, body, claim.tag or "")
         return None if tag is None else Claim(claim.name, self.holder, tag, now)
+
+    def release(self, claim: Claim) -> bool:
+        """Give it up unfinished (a failing attempt): the next attempt takes it over at once, not after the
+        lease. False when the claim was lost first."""
+        body = json.dumps({"holder": self.holder, "state": "released", "renewed": 0.0}).encode()
+        return self.store.replace(claim.name, body, claim.tag or "") is not None
 
     def finish(self, claim: Claim) -> bool:
         """Mark it done; False when the claim was lost first."""
