@@ -109,6 +109,31 @@ def test_objects_copied_whose_rows_were_lost_are_found_already_copied(spark, ric
     assert {key: object_state(rich.bucket, key) for key in rich.keys.values()} == between
 
 
+def test_a_results_table_is_registered_before_the_first_object_or_the_run_touches_nothing(spark, rich, tmp_path,
+                                                                                       unique, capsys):
+    from s3lake_testbed.seed import make_glue_database
+
+    db = make_glue_database(f"cip_tables_{unique}")
+    aws.glue().create_table(DatabaseName=db, TableInput={  # a table of another shape: registration must fail
+        "Name": "copies", "PartitionKeys": [{"Name": "dt", "Type": "string"}],
+        "StorageDescriptor": {"Columns": [{"Name": "key", "Type": "string"}], "Location": str(tmp_path / "x")}})
+    before = {key: object_state(rich.bucket, key) for key in rich.keys.values()}
+
+    code = run_job("--inventory-manifest", rich.delivery.manifest_url, "--results", tmp_path / "r",
+                   "--run-id", "tbl", "--results-table", f"{db}.copies")
+
+    assert code == 2
+    assert f"--results-table {db}.copies: cannot register run tbl" in capsys.readouterr().err
+    assert {key: object_state(rich.bucket, key) for key in rich.keys.values()} == before
+    assert not (tmp_path / "r" / "run_id=tbl").exists()
+
+    assert run_job("--inventory-manifest", rich.delivery.manifest_url, "--results", tmp_path / "r",
+                   "--run-id", "tbl", "--results-table", f"{db}.results") == 0
+    parts = aws.glue().get_partitions(DatabaseName=db, TableName="results")["Partitions"]
+    assert [(p["Values"], p["StorageDescriptor"]["Location"]) for p in parts] == [
+        (["tbl"], f"{tmp_path / 'r'}/run_id=tbl/")]
+
+
 def test_dry_run_changes_nothing_and_reports_would_copy(spark, rich, tmp_path):
     before = {key: object_state(rich.bucket, key) for key in rich.keys.values()}
 
