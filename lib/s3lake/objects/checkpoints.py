@@ -71,17 +71,18 @@ def parquet_bytes(rows: list[tuple], fields: list[str], schema: Any) -> bytes:
     return out.getvalue()
 
 
-def committed_keys(store: Store, chunk: str) -> set[tuple[str, str]]:
-    """(bucket, key) of the rows committed for ``chunk`` so far, by any attempt."""
+def committed_keys(store: Store, chunk: str) -> tuple[set[tuple[str, str]], int]:
+    """(bucket, key) of the rows committed for ``chunk`` so far, by any attempt; and the files read."""
     import pyarrow.parquet as pq
 
     out: set[tuple[str, str]] = set()
-    for name in store.names(f"part-{chunk}-"):
+    names = list(store.names(f"part-{chunk}-"))
+    for name in names:
         found = store.get(name)
         if found is not None:
             table = pq.read_table(io.BytesIO(found[0]), columns=["bucket", "key"])
             out.update(zip(table.column("bucket").to_pylist(), table.column("key").to_pylist()))
-    return out
+    return out, len(names)
 
 
 @dataclass
@@ -209,9 +210,8 @@ class TaskCheckpoints:
         skip: set = set()
         if state == TAKEN_OVER:
             self.stats.taken_over += 1
-            self.stats.requests += 1
-            skip = committed_keys(self.store, name)
-            self.stats.requests += len(skip) and 1
+            skip, files = committed_keys(self.store, name)
+            self.stats.requests += 1 + files  # the listing, one GET per file
         chunk = _Chunk(claim)
         with self._lock:
             self._open[name] = chunk
@@ -229,11 +229,11 @@ class TaskCheckpoints:
         with self._commit:
             if chunk.done:
                 return
-            chunk.done = True
-            if self._write(name, chunk) and not chunk.lost:
+            if self._write(name, chunk):
                 self.stats.requests += 1
                 if not self.claims.finish(chunk.claim):
                     self._lose(chunk)
+            chunk.done = True
             with self._lock:
                 self._open.pop(name, None)
 
@@ -244,9 +244,8 @@ class TaskCheckpoints:
                 self._write(name, chunk)
 
     def _write(self, name: str, chunk: _Chunk) -> bool:
-        """Renew the chunk's claim, then write its rows since the last commit; False when the claim was lost."""
-        with self._lock:
-            rows, chunk.rows = chunk.rows, []
+        """Renew the chunk's claim, then write its rows since the last commit; False when the claim was lost.
+        A request that fails (S3 unreachable past botocore's retries) leaves the rows for the next commit."""
         if chunk.lost:
             return False
         self.stats.requests += 1
@@ -255,9 +254,16 @@ class TaskCheckpoints:
             self._lose(chunk)
             return False
         chunk.claim = renewed
+        with self._lock:
+            rows, chunk.rows = chunk.rows, []
         if rows:
-            self.store.put(f"part-{name}-{self.tag}-{chunk.files:04d}.parquet",
-                           parquet_bytes(rows, self.fields, self._schema))
+            try:
+                self.store.put(f"part-{name}-{self.tag}-{chunk.files:04d}.parquet",
+                               parquet_bytes(rows, self.fields, self._schema))
+            except BaseException:
+                with self._lock:
+                    chunk.rows[:0] = rows
+                raise
             chunk.files += 1
             self.stats.files += 1
             self.stats.requests += 1

@@ -65,8 +65,8 @@ class Claims:
             finished = seen.get("state") == "done"
             if finished and not reuse_done:
                 return DONE, theirs
-            if theirs.holder == self.holder:  # our own create, whose answer was lost and retried
-                return HELD, Claim(name, self.holder, found[1], theirs.renewed)
+            if theirs.holder == self.holder:  # our own create or take-over, whose answer was lost: a take-over
+                return TAKEN_OVER, Claim(name, self.holder, found[1], theirs.renewed)  # (so committed rows count)
             if not finished and now - theirs.renewed <= self.lease:
                 return BUSY, theirs
             body, now = self._body("working")
@@ -76,19 +76,29 @@ class Claims:
             return TAKEN_OVER, Claim(name, self.holder, tag, now)
         return BUSY, Claim(name, "", None)
 
+    def _replace(self, claim: Claim, state: str, renewed: float | None = None) -> Claim | None:
+        """Rewrite our claim if it is still the version we last wrote: the new claim, or None when it was
+        taken over. A refusal is checked once: a write of ours whose answer was lost, retried (by botocore)
+        with the old ETag, is refused although it landed; the body, byte for byte ours, shows it did."""
+        now = self.clock() if renewed is None else renewed
+        body = json.dumps({"holder": self.holder, "state": state, "renewed": now}).encode()
+        tag = self.store.replace(claim.name, body, claim.tag or "")
+        if tag is None:
+            found = self.store.get(claim.name)
+            if found is None or found[0] != body:
+                return None
+            tag = found[1]
+        return Claim(claim.name, self.holder, tag, now)
+
     def renew(self, claim: Claim) -> Claim | None:
         """The heartbeat: the renewed claim, or None when it was taken over (stop working it)."""
-        body, now = self._body("working")
-        tag = self.store.replace(claim.name, body, claim.tag or "")
-        return None if tag is None else Claim(claim.name, self.holder, tag, now)
+        return self._replace(claim, "working")
 
     def release(self, claim: Claim) -> bool:
         """Give it up unfinished (a failing attempt): the next attempt takes it over at once, not after the
         lease. False when the claim was lost first."""
-        body = json.dumps({"holder": self.holder, "state": "released", "renewed": 0.0}).encode()
-        return self.store.replace(claim.name, body, claim.tag or "") is not None
+        return self._replace(claim, "released", renewed=0.0) is not None
 
     def finish(self, claim: Claim) -> bool:
         """Mark it done; False when the claim was lost first."""
-        body, _ = self._body("done")
-        return self.store.replace(claim.name, body, claim.tag or "") is not None
+        return self._replace(claim, "done") is not None

@@ -72,7 +72,7 @@ def run_per_object(spark: Any, candidates: Any, results_path: str, run_id: str, 
     store = stores.store_for(run_dir)
     with runs.RunLock(store, run_id, job, dry_run, checkpoint):
         resumed = 0
-        if next(iter(store.names("part-")), None) is not None:
+        if next(store.names("part-"), None) is not None:
             committed = results.read_run(spark, results_path, run_id).select("bucket", "key")
             resumed = committed.count()
             candidates = candidates.join(committed, ["bucket", "key"], "left_anti")
