@@ -78,17 +78,22 @@ class Claims:
 
     def _replace(self, claim: Claim, state: str, renewed: float | None = None) -> Claim | None:
         """Rewrite our claim if it is still the version we last wrote: the new claim, or None when it was
-        taken over. A refusal is checked once: a write of ours whose answer was lost, retried (by botocore)
-        with the old ETag, is refused although it landed; the body, byte for byte ours, shows it did."""
+        taken over. A refusal is checked: a write of ours whose answer was lost, retried (by botocore) with the
+        old ETag, is refused although it landed (the body, byte for byte ours, shows it did); a claim still as
+        we left it was a 409 conflict nobody won, and is tried again."""
         now = self.clock() if renewed is None else renewed
         body = json.dumps({"holder": self.holder, "state": state, "renewed": now}).encode()
-        tag = self.store.replace(claim.name, body, claim.tag or "")
-        if tag is None:
+        for _ in range(3):
+            tag = self.store.replace(claim.name, body, claim.tag or "")
+            if tag is not None:
+                return Claim(claim.name, self.holder, tag, now)
             found = self.store.get(claim.name)
-            if found is None or found[0] != body:
+            if found is not None and found[0] == body:
+                return Claim(claim.name, self.holder, found[1], now)
+            if found is None or found[1] != claim.tag:
                 return None
-            tag = found[1]
-        return Claim(claim.name, self.holder, tag, now)
+            # unchanged: a 409 conflict that no write won (S3: fetch the ETag and retry)
+        return None
 
     def renew(self, claim: Claim) -> Claim | None:
         """The heartbeat: the renewed claim, or None when it was taken over (stop working it)."""
