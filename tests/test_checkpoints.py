@@ -276,3 +276,18 @@ def test_a_run_id_holds_one_kind_of_run(store):
     with pytest.raises(RunInUseError, match="is a copy-in-place run, not anonymize"):
         with RunLock(store, "x", "anonymize", True):
             pass
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
+@pytest.mark.parametrize("job", ["copy_in_place", "anonymize"])
+def test_a_checkpoint_interval_that_is_not_a_positive_number_is_one_line_exit_2(job, value, tmp_path, capsys):
+    from jobs import anonymize, copy_in_place
+
+    parse, extra = {"copy_in_place": (copy_in_place.parse_args, []),
+                    "anonymize": (anonymize.parse_args, ["--rules", "r.json"])}[job]
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--inventory-manifest", "s3://b/m.json", *extra, "--results", str(tmp_path),
+               "--checkpoint-interval", value])
+    assert exit_.value.code == 2
+    assert "--checkpoint-interval" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not any(tmp_path.iterdir())
