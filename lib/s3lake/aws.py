@@ -26,8 +26,10 @@ client per (process, service, settings), so a reused Python worker keeps its con
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Any, Callable
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import boto3
 from botocore.config import Config
@@ -106,6 +108,8 @@ def client(service: str, *, max_attempts: int | None = None, max_pool: int | Non
                 pacing[1](found, once=max_attempts == 1)  # type: ignore[index]
             if service == "s3" and _request_payer:
                 found.meta.events.register("before-sign.s3", _payer_header(_request_payer))
+            if service == "s3control" and _is_loopback(endpoint_url(service)):
+                found.meta.events.register("before-sign.s3-control", _without_account_host)
             _cache[key] = found
     return found
 
@@ -132,6 +136,23 @@ def _payer_header(payer: str) -> Any:
     return add
 
 
+def _is_loopback(url: str | None) -> bool:
+    host = urlparse(url).hostname if url else None
+    return host in ("localhost", "::1") or bool(host and re.fullmatch(r"127(\.\d{1,3}){3}", host))
+
+
+def _without_account_host(request: Any, **_: Any) -> None:
+    """S3 Control puts the account id in front of the host (``<account>.s3-control.<region>...``); on a
+    loopback endpoint that name cannot resolve, so the request goes to the endpoint itself (the account
+    still rides in ``x-amz-account-id``). Only for loopback endpoints: AWS keeps its own host."""
+    parts = urlsplit(request.url)
+    account = request.headers.get("x-amz-account-id")
+    if isinstance(account, bytes):
+        account = account.decode()
+    if account and parts.netloc.startswith(f"{account}."):
+        request.url = urlunsplit(parts._replace(netloc=parts.netloc[len(account) + 1:]))
+
+
 def require_crt() -> None:
     """Refuse to run without the AWS CRT: without it botocore cannot compute CRC64NVME (S3's default
     checksum since December 2024) or CRC32C, and every rewrite of such an object would fail."""
@@ -144,6 +165,10 @@ def require_crt() -> None:
 
 def s3(**kwargs: Any) -> Any:
     return client("s3", **kwargs)
+
+
+def s3control(**kwargs: Any) -> Any:
+    return client("s3control", **kwargs)
 
 
 def glue(**kwargs: Any) -> Any:

@@ -111,6 +111,22 @@ def create_principal(policy: dict, name: str | None = None, audit: str | Path | 
     return Principal(name, arn, policy, creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
 
 
+def create_role(name: str | None, policy: dict, *, trust: dict | None = None,
+                audit: str | Path | None = None) -> str:
+    """A role (not assumed) holding ``policy`` inline and trusting ``trust`` (default: the shipped
+    ``batch-replication-job-role-trust.json``, S3 Batch Operations); returns its ARN, e.g. a job's RoleArn.
+
+    With ``audit`` the server appends each decision it makes for the role (see :func:`read_audit`).
+    """
+    name = name or f"s3lake-role-{uuid.uuid4().hex[:10]}"
+    trust = trust if trust is not None else load_policy("batch-replication-job-role-trust")
+    iam = aws.client("iam")
+    tags = [{"Key": AUDIT_TAG, "Value": str(audit)}] if audit else []
+    arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Tags=tags)["Role"]["Arn"]
+    iam.put_role_policy(RoleName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
+    return arn
+
+
 def read_audit(path: str | Path) -> list[dict]:
     """The decisions the server recorded: ``{"action", "resource", "allowed", "sids"}`` per check."""
     path = Path(path)

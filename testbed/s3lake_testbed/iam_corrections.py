@@ -429,6 +429,8 @@ def service_requirements(response: Any, service: str, action: str) -> list[tuple
     if service == "kms":
         key_id = _param(response, "KeyId")
         return [(qualified, _kms_arn(key_id, region, account) if key_id else "*", {})]
+    if service == "iam" and action == "GetRole":  # decided here so that the audit shows it
+        return [(qualified, f"arn:aws:iam::{account}:role/{_param(response, 'RoleName')}", {})]
     return None
 
 
@@ -471,6 +473,11 @@ def _authorize(original: Any) -> Any:
                 log.warning("IAM denied %s on %s to %s", needed, arn, who)
                 if iam_request_cls is S3IAMRequest:
                     request._raise_access_denied()
+                if request._service == "iam":  # IAM speaks XML
+                    from moto.core.exceptions import RESTError
+
+                    raise RESTError("AccessDenied", f"User: {who} is not authorized to perform: {needed} on "
+                                                    f"resource: {arn}")
                 from moto.core.exceptions import JsonRESTError  # Glue, SSM, KMS speak JSON
 
                 raise JsonRESTError("AccessDeniedException",
@@ -537,4 +544,17 @@ def install() -> None:
     ActionAuthenticatorMixin._authenticate_and_authorize_action = _authorize(
         ActionAuthenticatorMixin._authenticate_and_authorize_action)
     S3Response._key_response = _hide_from_principal(S3Response._key_response)
+    _allow_job_arns()
     _installed = True
+
+
+def _allow_job_arns() -> None:
+    """moto refuses a policy naming an S3 resource with a region but for access points; S3 Batch Operations
+    jobs are such a resource (``arn:aws:s3:<region>:<account>:job/<id>``, the Service Authorization
+    Reference's ``job`` type), so a policy scoping s3:DescribeJob to them is valid in IAM."""
+    from moto.iam import policy_validation
+
+    starts = policy_validation.SERVICE_TYPE_REGION_INFORMATION_ERROR_ASSOCIATIONS["s3"].setdefault(
+        "valid_starting_values", [])
+    if "job/" not in starts:
+        starts.append("job/")

@@ -1,4 +1,4 @@
-"""GetBucketReplication as S3 answers it, for the moto server process.
+"""GetBucketReplication and GetBucketNotificationConfiguration as S3 answers them, for the moto server process.
 
 moto 5 stores the configuration PutBucketReplication sent but answers GetBucketReplication with
 ``Filter: {Prefix: ""}`` for every rule (dropping Tag/And filters, the legacy rule Prefix and
@@ -6,6 +6,10 @@ SourceSelectionCriteria), so every rule would look like "replicate everything". 
 makes the answer carry each rule as stored (S3's shape:
 https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetBucketReplication.html). Installed by
 :mod:`s3lake_testbed.moto_server` before the server starts.
+
+moto also keeps a bucket's ``EventBridgeConfiguration`` but leaves it out of GetBucketNotificationConfiguration's
+answer; S3 answers ``<EventBridgeConfiguration/>`` when EventBridge is on
+(https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetBucketNotificationConfiguration.html).
 """
 
 from __future__ import annotations
@@ -59,3 +63,19 @@ def install() -> None:
                                                                           "Rules": rules}}))
 
     S3Response.get_bucket_replication = get_bucket_replication
+
+    original_notification = S3Response.get_bucket_notification
+
+    def get_bucket_notification(self: Any) -> Any:
+        answer = original_notification(self)
+        config = self.backend.get_bucket_notification_configuration(self.bucket_name)
+        if config is None or getattr(config, "event_bridge", None) is None:
+            return answer
+        status, headers, body = answer
+        text = body.decode() if isinstance(body, bytes) else str(body)
+        closing = "</NotificationConfiguration>"
+        if "<EventBridgeConfiguration" not in text and closing in text:
+            text = text.replace(closing, f"<EventBridgeConfiguration></EventBridgeConfiguration>{closing}")
+        return status, headers, text.encode() if isinstance(body, bytes) else text
+
+    S3Response.get_bucket_notification = get_bucket_notification

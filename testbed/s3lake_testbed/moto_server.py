@@ -8,6 +8,7 @@ changes while the server runs, so it is computed once; access logging is turned 
 
 ``--strict`` installs :mod:`s3lake_testbed.strict_s3` (the S3 behaviours moto lacks) and
 :mod:`s3lake_testbed.iam_corrections` (IAM as AWS applies it, for principals) before serving.
+:mod:`s3lake_testbed.batch_jobs` (S3 Batch Operations jobs) is installed in both modes.
 Everything else is moto's own ``moto.server.main``.
 """
 
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
 
         strict_s3.install()
         iam_corrections.install()
+    from s3lake_testbed import batch_jobs
+
+    batch_jobs.install(strict)  # S3 Batch Operations jobs (moto has none); IAM for principals when strict
     from moto.server import main as moto_main
 
     moto_main(args)

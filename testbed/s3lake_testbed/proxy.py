@@ -9,9 +9,10 @@ with their framing intact; large bodies are streamed, not buffered. Standard lib
 Used by
 
 * benchmarks: ``S3Proxy(upstream, latency=0.02)`` adds 20 ms to every request and counts requests by
-  operation name (``PutObject``, ``UploadPartCopy``, ``ListObjectsV2``, ``GetDatabases`` ...; see
-  :func:`s3_operation`). ``counts()`` is a snapshot, ``reset_counts()`` clears it, and
-  ``with proxy.window() as w: ...`` gives the requests made inside the block in ``w.counts``.
+  operation name (``PutObject``, ``UploadPartCopy``, ``ListObjectsV2``, ``GetDatabases``, S3 Control's
+  ``CreateJob``/``DescribeJob`` ...; see :func:`s3_operation`). ``counts()`` is a snapshot,
+  ``reset_counts()`` clears it, and ``with proxy.window() as w: ...`` gives the requests made inside
+  the block in ``w.counts``.
 * fault-injection tests: ``S3Proxy(upstream, faults=FaultPlan(seed=7, slowdown=0.05,
   drop_after=0.02, operations=OBJECT_WRITES))``. For each request whose operation passes the plan's
   filter, one ``random.Random(seed)`` draw picks at most one fault:
@@ -211,12 +212,36 @@ def s3_operation(method: str, path: str, query: Any = None, headers: Any = None)
     bucket, _, key = path.lstrip("/").partition("/")
     if bucket == "moto-api":
         return "MotoApi"
+    if bucket == S3CONTROL_ROOT:
+        return _control_operation(method, key)
     if not bucket:
         return "ListBuckets" if method == "GET" else "Unknown"
     copy = _header(headers, "x-amz-copy-source") is not None
     if key:
         return _object_operation(method, params, copy)
     return _bucket_operation(method, params)
+
+
+S3CONTROL_ROOT = "v20180820"  # S3 Control's path root (the account rides in x-amz-account-id)
+
+
+def _control_operation(method: str, path: str) -> str:
+    """S3 Batch Operations jobs under ``/v20180820/``; other S3 Control paths give ``"S3Control"``."""
+    parts = path.rstrip("/").split("/")
+    if parts[0] == "jobs":
+        if len(parts) == 1:
+            return {"POST": "CreateJob", "GET": "ListJobs"}.get(method, "Unknown")
+        if len(parts) == 2 and method == "GET":
+            return "DescribeJob"
+        if len(parts) == 3 and parts[2] == "status" and method == "POST":
+            return "UpdateJobStatus"
+        if len(parts) == 3 and parts[2] == "tagging":
+            return {"GET": "GetJobTagging", "PUT": "PutJobTagging", "DELETE": "DeleteJobTagging"}.get(
+                method, "Unknown")
+        if len(parts) == 3 and parts[2] == "priority" and method == "POST":
+            return "UpdateJobPriority"
+        return "Unknown"
+    return "S3Control"
 
 
 def _object_operation(method: str, params: set, copy: bool) -> str:
@@ -883,8 +908,8 @@ class _Handler(BaseHTTPRequestHandler):
         throttled = False
         if protocol == "s3":
             bucket, _, raw_key = path.lstrip("/").partition("/")
-            key = urllib.parse.unquote(raw_key) if bucket and raw_key else None
-            if bucket and bucket != "moto-api":
+            key = urllib.parse.unquote(raw_key) if bucket and raw_key and bucket != S3CONTROL_ROOT else None
+            if bucket and bucket not in ("moto-api", S3CONTROL_ROOT):
                 throttled = state.throttle(self.command, bucket, key, (query.get("prefix") or [None])[0])
         if throttled:
             state.count(operation)
