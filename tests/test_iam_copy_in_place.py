@@ -26,10 +26,14 @@ MIB = 1024 * 1024
 # Statements for the EMR cluster itself, not for the job's requests: no local run can use them.
 EMR_ONLY = {"ReadLaunchArtifacts", "ListLaunchArtifacts", "WriteClusterLogs", "SparkGlueMetastoreDefaultDatabase",
             "ResultsObjects", "ResultsListing", "ResultsMultipartUploads"}
+# The Batch Replication route's statements: tests/test_iam_batch_replication.py runs that route.
+BATCH_ONLY = {"BatchReplicationJobs", "FollowBatchReplicationJobs", "PassBatchJobRole", "CheckBatchJobRole",
+              "BatchManifestsAndReports", "SseCustomerKeyObjectVersions"}
 RESULTS_TABLE = "iam_cip_results.copy_results"  # --results-table of the "plain" runs (RegisterResultsTable)
 
 
-def policy(data_bucket: str, inventory_bucket: str, kms_key_arn: str, table: str = "unused_db.unused_table") -> dict:
+def policy(data_bucket: str, inventory_bucket: str, kms_key_arn: str, table: str = "unused_db.unused_table",
+           batch_bucket: str = "batch-unused", batch_role: str = "batch-role-unused") -> dict:
     database, name = table.split(".")
     return iam.fill_placeholders(iam.load_policy("copy-in-place"), {
         "REGION": "us-east-1", "ACCOUNT_ID": iam.ACCOUNT_ID,
@@ -40,6 +44,7 @@ def policy(data_bucket: str, inventory_bucket: str, kms_key_arn: str, table: str
         "DATA_BUCKET": data_bucket, "DATA_PREFIX": "", "DATA_KMS_KEY_ID": kms_key_arn.rsplit("/", 1)[-1],
         "RESULTS_BUCKET": "results-unused", "RESULTS_PREFIX": "results",
         "RESULTS_DATABASE": RESULTS_TABLE.split(".")[0],
+        "BATCH_BUCKET": batch_bucket, "BATCH_PREFIX": "batch", "BATCH_ROLE_NAME": batch_role,
     })
 
 
@@ -52,7 +57,8 @@ class Run:
         run_id = run_id or name
         with iam.acting_as(principal, spark):
             self.code = job.main([*map(str, args), "--results", str(tmp / name), "--run-id", run_id])
-        self.rows = {r.key: r for r in results.read_run(spark, str(tmp / name), run_id).collect()}
+        self.rows = {} if "--estimate" in args else {
+            r.key: r for r in results.read_run(spark, str(tmp / name), run_id).collect()}
         self.audit = iam.read_audit(audit)
         self.policy = principal_policy
 
@@ -129,7 +135,10 @@ def runs(spark, scenarios):
     """The shipped policy, each scenario once."""
     tmp = scenarios["tmp"]
     rich, rich_policy, _ = scenarios["rich"]
-    done = {"rich": Run(spark, tmp, "rich", rich_policy, "--inventory-table", rich.delivery.table)}
+    # --estimate first (bucket-level reads only: EstimateBucketReads), then the copy itself
+    done = {"estimate": Run(spark, tmp, "estimate", rich_policy, "--inventory-table", rich.delivery.table,
+                            "--estimate")}
+    done["rich"] = Run(spark, tmp, "rich", rich_policy, "--inventory-table", rich.delivery.table)
     for name in MAKERS:
         _, delivery, shipped, extra = scenarios[name]
         done[name] = Run(spark, tmp, name, shipped, "--inventory-manifest", delivery.manifest_url, *extra)
@@ -137,6 +146,13 @@ def runs(spark, scenarios):
     done["plain_again"] = Run(spark, tmp, "plain_again", shipped, "--inventory-manifest", delivery.manifest_url,
                               *extra, run_id="plain")
     return done
+
+
+def test_the_shipped_policy_prices_both_routes_from_the_glue_table_with_bucket_level_reads(runs, scenarios):
+    run, rich = runs["estimate"], scenarios["rich"][0]
+    assert run.code == 0
+    assert {d["action"] for d in run.audit} >= {"s3:GetBucketNotification", "s3:GetLifecycleConfiguration"}
+    assert [d for d in run.audit if d["resource"].startswith(f"arn:aws:s3:::{rich.bucket}/")] == []  # no object
 
 
 def test_the_shipped_policy_copies_every_attribute_kind_through_the_glue_table(runs, scenarios):
@@ -198,7 +214,7 @@ def test_no_request_of_the_runs_was_denied(runs):
 def test_every_action_the_policy_grants_was_needed_by_a_request(runs, scenarios):
     used = set().union(*(iam.used_actions(run.audit) for run in runs.values()))
     granted = iam.granted_actions(scenarios["rich"][1])
-    unused = {(sid, action) for sid, action in granted - used if sid not in EMR_ONLY}
+    unused = {(sid, action) for sid, action in granted - used if sid not in EMR_ONLY | BATCH_ONLY}
     # Only failure paths abort: test_without_kms_decrypt_... shows the abort is allowed and happens.
     assert unused == {("CopyObjectsInPlace", "s3:AbortMultipartUpload")}
 

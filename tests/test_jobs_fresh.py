@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from s3lake import aws
 from s3lake.objects import results
 from s3lake.replication import report
+from s3lake_testbed import iam
 from s3lake_testbed.inventory import inventory_row, write_inventory
 from s3lake_testbed.replication import replicate_everything
 from s3lake_testbed.seed import make_bucket, make_glue_database
@@ -55,6 +57,10 @@ INVOCATIONS = {
                  "--request-payer", "requester"],
         "from_report": ["--from-report", "{report}", "--results", "{out}/c3", "--run-id", "fresh-retry",
                         "--no-replication-check"],
+        "estimate": ["--inventory-manifest", "{manifest}", "--results", "{out}/c4", "--estimate"],
+        "batch": ["--inventory-manifest", "{manifest}", "--results", "{out}/c5", "--run-id", "fresh-batch",
+                  "--method", "batch-replication", "--batch-role-arn", "{batch_role}",
+                  "--batch-location", "s3://{batch_bucket}/batch", "--no-wait"],
     },
     "anonymize": {
         "source": ["--source", "s3://{anon_bucket}/in/", "--rules", "{rules}", "--results", "{out}/a1",
@@ -143,7 +149,13 @@ def bed(moto_server, spark, tmp_path_factory):
     rules.write_text(json.dumps([{"path": "id.orig_h", "action": "hmac"}, {"path": "`id.resp_h`", "action": "null"}]))
     param = f"/fresh/{unique}/hmac"
     aws.client("ssm").put_parameter(Name=param, Value="fresh-secret", Type="SecureString")
+    batch_bucket = make_bucket(f"fresh-batch-{unique}")
+    batch_role = iam.create_role(f"fresh-batch-{unique}", iam.fill_placeholders(
+        iam.load_policy("batch-replication-job-role"), {
+            "DATA_BUCKET": copy_bucket, "DATA_PREFIX": "", "MANIFEST_BUCKET": batch_bucket, "MANIFEST_PREFIX": "batch",
+            "RESULTS_BUCKET": batch_bucket, "RESULTS_PREFIX": "batch"}))
     return {"unique": unique, "out": str(tmp / "out"), "db": db, "zeek_dir": str(zeek_dir),
+            "batch_bucket": batch_bucket, "batch_role": batch_role,
             "zeek_schema": str(zeek_schema), "nginx": str(DATA / "nginx" / "access.jsonl"),
             "inv_table": delivery.table, "inv_dt": delivery.dt, "manifest": delivery.manifest_url,
             "report": str(report_dir), "copy_bucket": copy_bucket, "anon_bucket": anon_bucket,
@@ -196,6 +208,26 @@ def test_copy_in_place_options_fresh(bed, glue, spark):
     assert retry.returncode == 0, retry.stderr[-3000:]
     rows = results.read_run(spark, f"{bed['out']}/c3", "fresh-retry").collect()
     assert [(r["key"], r["status"]) for r in rows] == [("k/a.json", "SKIPPED_CHANGED")]  # copied since
+
+    priced = submit("copy_in_place", "estimate", bed)
+    assert priced.returncode == 0, priced.stderr[-3000:]
+    assert "cheaper: " in priced.stdout and not Path(bed["out"], "c4").exists()
+
+    # --no-wait returns with the job created; the same command again, once the job is over, collects it
+    submitted = submit("copy_in_place", "batch", bed)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    assert "S3ReplicateObject" in submitted.stdout + submitted.stderr
+    state = json.loads(Path(bed["out"], "c5", "run_id=fresh-batch", "_s3lake_batch.json").read_text())
+    (entry,) = state["buckets"].values()
+    control = aws.s3control()
+    for _ in range(100):
+        if control.describe_job(AccountId=state["account"], JobId=entry["job_id"])["Job"]["Status"] == "Complete":
+            break
+        time.sleep(0.2)
+    collected = submit("copy_in_place", "batch", bed)
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    rows = results.read_run(spark, f"{bed['out']}/c5", "fresh-batch").collect()
+    assert sorted((r["key"], r["status"]) for r in rows) == [("k/a.json", "REPLICATED"), ("k/b.json", "REPLICATED")]
 
 
 @pytest.mark.slow

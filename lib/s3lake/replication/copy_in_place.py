@@ -123,8 +123,9 @@ def parse_statuses(text: str) -> frozenset[str | None]:
     return frozenset(out)
 
 
-def select_candidates(inventory: DataFrame, statuses: Iterable[str | None]) -> DataFrame:
-    """Live objects (latest version, not delete markers) whose replication status is one of ``statuses``."""
+def select_candidates(inventory: DataFrame, statuses: Iterable[str | None], extra: Sequence[str] = ()) -> DataFrame:
+    """Live objects (latest version, not delete markers) whose replication status is one of ``statuses``;
+    :data:`CANDIDATE_COLUMNS` plus the inventory columns ``extra``."""
     wanted = set(statuses)
     named = sorted(s for s in wanted if s is not None)
     status = F.upper(F.col("replication_status"))
@@ -132,7 +133,7 @@ def select_candidates(inventory: DataFrame, statuses: Iterable[str | None]) -> D
     if None in wanted:
         condition = condition | F.col("replication_status").isNull()
     live = F.coalesce(F.col("is_latest"), F.lit(True)) & ~F.coalesce(F.col("is_delete_marker"), F.lit(False))
-    return inventory.where(live & condition).select(*CANDIDATE_COLUMNS)
+    return inventory.where(live & condition).select(*CANDIDATE_COLUMNS, *extra)
 
 
 def default_run_id(delivery_id: str) -> str:

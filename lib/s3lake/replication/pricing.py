@@ -64,6 +64,8 @@ class PriceTable:
     kms_per_10000: float
     replication_transfer_per_gb: float
     path: str = ""
+    batch_job: float = 0.0                   # S3 Batch Operations, per job
+    batch_per_million_objects: float = 0.0   # S3 Batch Operations, per million objects (manifest rows)
 
     def request_price(self, storage_class: str, request_tier: str) -> float:
         """Per-request price; a class the table lacks is priced as STANDARD."""
@@ -102,6 +104,9 @@ def parse(doc: Any, path: str = "<table>") -> PriceTable:
     retrieval = doc.get("retrieval_per_gb", {})
     if not isinstance(retrieval, dict):
         raise PriceTableError(f"{where}: retrieval_per_gb must be an object")
+    batch = doc.get("batch_operations", {})
+    if not isinstance(batch, dict):
+        raise PriceTableError(f"{where}: batch_operations must be an object")
     sources = doc["sources"]
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
         raise PriceTableError(f"{where}: sources must list the pricing pages the numbers come from")
@@ -117,6 +122,9 @@ def parse(doc: Any, path: str = "<table>") -> PriceTable:
         replication_transfer_per_gb=_number(doc.get("replication_transfer_per_gb", 0),
                                             f"{where}: replication_transfer_per_gb"),
         path=path,
+        batch_job=_number(batch.get("per_job", 0), f"{where}: batch_operations.per_job"),
+        batch_per_million_objects=_number(batch.get("per_million_objects", 0),
+                                          f"{where}: batch_operations.per_million_objects"),
     )
 
 
@@ -177,10 +185,11 @@ class Tally:
             out[key] = out.get(key, 0) + n
         return out
 
-    def add_version(self, storage_class: str, size: int) -> Tally:
+    def add_version(self, storage_class: str, size: int, count: int = 1) -> Tally:
+        """``count`` new versions of ``size`` bytes in all."""
         cls = storage_class or "STANDARD"
         self.new_bytes[cls] = self.new_bytes.get(cls, 0) + int(size or 0)
-        self.new_versions[cls] = self.new_versions.get(cls, 0) + 1
+        self.new_versions[cls] = self.new_versions.get(cls, 0) + count
         return self
 
     def merge(self, other: Tally) -> Tally:

@@ -1,6 +1,7 @@
 """Did replication take what a copy-in-place run copied? One outcome per copied object.
 
-The objects are the run's ``COPIED`` result rows (bucket, key, the new version id, when). Their state
+The objects are the run's ``COPIED`` result rows (bucket, key, the new version id, when), or a Batch
+Replication run's ``REPLICATED`` rows (the version the job replicated: no new version). Their state
 comes from either
 
 * a later S3 Inventory delivery of the source bucket (no object requests): the listed latest version
@@ -41,6 +42,7 @@ NOT_LISTED_YET = "NOT_LISTED_YET"
 UNCHECKED = "UNCHECKED"
 OUTCOMES = (COMPLETED, PENDING, FAILED, NO_STATUS, GONE, OVERWRITTEN, NOT_LISTED_YET, UNCHECKED)
 COPIED = "COPIED"
+REPLICATED = "REPLICATED"  # batch_report.REPLICATED: a Batch Replication run's replicated version
 MARKER = "s3lake-copied"  # copy_in_place.MARKER (not imported: that module pulls in the copy machinery)
 
 SCHEMA = T.StructType([
@@ -104,14 +106,19 @@ def inventory_outcome(copied_version: str | None, finished_at: datetime | None, 
     return OVERWRITTEN
 
 
-def live_outcome(head: Mapping[str, Any] | None, copied_version: str | None, run_id: str) -> str:
-    """The outcome of one copied object from a HEAD now (None: 404)."""
+def live_outcome(head: Mapping[str, Any] | None, copied_version: str | None, run_id: str,
+                 marked: bool = True) -> str:
+    """The outcome of one copied object from a HEAD now (None: 404). ``marked``: the run's copy carries the
+    run's marker; a Batch Replication run writes no version, so only the version id tells."""
     if head is None:
         return GONE
     version = head.get("VersionId")
     version = None if version in (None, "null") else version
-    if (head.get("Metadata") or {}).get(MARKER) != run_id:
+    copied_version = None if copied_version == "null" else copied_version
+    if marked and (head.get("Metadata") or {}).get(MARKER) != run_id:
         return OVERWRITTEN
+    if not marked and bool(version) != bool(copied_version):
+        return OVERWRITTEN  # the null version replicated, a versioned write since (or the reverse)
     if copied_version and version and version != copied_version:
         return OVERWRITTEN
     return status_outcome(head.get("ReplicationStatus"))
@@ -141,8 +148,11 @@ def copied_objects(spark: SparkSession, results_path: str, run_id: str) -> DataF
         raise ReportInputError(f"cannot read results at {results_path}: {first}") from None
     if not present:
         raise ReportInputError(f"results at {results_path} hold no run {run_id!r}")
-    return run.where(F.col("status") == COPIED).select(
-        "bucket", "key", "version_id", "new_version_id", "size", "storage_class", "finished_at")
+    replicated = F.col("status") == REPLICATED  # Batch Replication: the version itself, no new one
+    return run.where(F.col("status").isin(COPIED, REPLICATED)).select(
+        "bucket", "key", "version_id",
+        F.when(replicated, F.col("version_id")).otherwise(F.col("new_version_id")).alias("new_version_id"),
+        "size", "storage_class", "finished_at", "status")
 
 
 def delivery_time(delivery_id: str) -> datetime | None:
@@ -185,7 +195,7 @@ def from_inventory(copied: DataFrame, inventory: DataFrame, run_id: str, checked
     ours = F.col("inv_version") == F.col("new_version_id")
     per_key = (
         copied.join(inv, ["bucket", "key"], "left")
-        .groupBy("bucket", "key", "version_id", "new_version_id", "size", "storage_class", "finished_at")
+        .groupBy("bucket", "key", "version_id", "new_version_id", "size", "storage_class", "finished_at", "status")
         .agg(
             F.max(F.col("inv_latest").isNotNull()).alias("listed"),
             F.max(F.when(latest, F.col("inv_version"))).alias("latest_version"),
@@ -197,9 +207,10 @@ def from_inventory(copied: DataFrame, inventory: DataFrame, run_id: str, checked
     )
 
     def classify(r: Any) -> tuple:
-        outcome = inventory_outcome(r.new_version_id, r.finished_at, bool(r.listed), r.latest_version,
-                                    r.latest_dm, r.latest_status, r.latest_modified, bool(r.ours_not_latest),
-                                    source_version=r.version_id)
+        copy = r.status == COPIED  # a replicated version is as old as ever: its LastModified says nothing
+        outcome = inventory_outcome(r.new_version_id, r.finished_at if copy else None, bool(r.listed),
+                                    r.latest_version, r.latest_dm, r.latest_status, r.latest_modified,
+                                    bool(r.ours_not_latest), source_version=r.version_id if copy else None)
         return row(run_id, r.asDict(), outcome, r.latest_status, r.latest_version, checked_by, checked_at)
 
     return copied.sparkSession.createDataFrame(per_key.rdd.map(classify), SCHEMA)
@@ -227,7 +238,7 @@ def live_partition(rows: Iterable[Any], run_id: str, concurrency: int, checked_a
             head = head_now(c["bucket"], c["key"])
         except Exception as exc:  # noqa: BLE001 - one object's error is that object's row, not the run's end
             return row(run_id, c, UNCHECKED, None, None, "live", checked_at, error=exc)
-        outcome = live_outcome(head, c.get("new_version_id"), run_id)
+        outcome = live_outcome(head, c.get("new_version_id"), run_id, marked=c.get("status") != REPLICATED)
         status = head.get("ReplicationStatus") if head else None
         current = head.get("VersionId") if head else None
         return row(run_id, c, outcome, status, current, "live", checked_at)
