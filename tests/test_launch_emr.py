@@ -696,6 +696,22 @@ def test_serverless_refuses_an_execution_role_that_does_not_exist_and_creates_no
     assert serverless.list_applications()["applications"] == apps_before
 
 
+def test_serverless_goes_on_with_one_warning_when_the_caller_may_not_read_the_role(env, serverless, bucket, app,
+                                                                                  venv_archive):
+    from s3lake_testbed import iam
+
+    require_job("copy-in-place")
+    principal = iam.create_principal({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "*", "Resource": "*"},
+        {"Effect": "Deny", "Action": "iam:GetRole", "Resource": "*"}]})
+    result = launch({**env, **principal.environ()}, "copy-in-place", "--artifacts", f"s3://{bucket}/rel",
+                    "--serverless", app, "--execution-role-arn", ROLE, "--venv-archive", str(venv_archive))
+    assert result.returncode == 0, result.stderr
+    assert f"warning: cannot check that --execution-role-arn {ROLE} exists (iam:GetRole denied); going on" in \
+        result.stderr
+    assert len(job_runs(serverless, app)) == 1
+
+
 def test_serverless_refuses_a_label_other_than_the_applications(env, s3, bucket, app):
     require_job("copy-in-place")
     result = launch(env, "copy-in-place", "--artifacts", f"s3://{bucket}/rel", "--serverless", app,

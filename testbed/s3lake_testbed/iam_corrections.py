@@ -459,7 +459,10 @@ def _authorize(original: Any) -> Any:
         action = self._get_action() if iam_request_cls is not S3IAMRequest else self.data.get("Action", "")
         request = iam_request_cls(account_id=self.current_account, method=self.method, path=path, data=self.data,
                                   body=self.raw_body, headers=self.headers, action=action)
-        request.check_signature()
+        if request._service != "emr-serverless":
+            # moto computes EMR Serverless signatures wrong (SignatureDoesNotMatch for any principal's valid
+            # request); the signature is not what these tests examine, the policy is
+            request.check_signature()
         if iam_request_cls is S3IAMRequest:
             bucket, key = _bucket_and_key(resource)
             needs = s3_requirements(self, bucket, key)
@@ -473,11 +476,8 @@ def _authorize(original: Any) -> Any:
                 log.warning("IAM denied %s on %s to %s", needed, arn, who)
                 if iam_request_cls is S3IAMRequest:
                     request._raise_access_denied()
-                if request._service == "iam":  # IAM speaks XML
-                    from moto.core.exceptions import RESTError
-
-                    raise RESTError("AccessDenied", f"User: {who} is not authorized to perform: {needed} on "
-                                                    f"resource: {arn}")
+                if request._service == "iam":  # moto's own XML AccessDenied
+                    request._raise_access_denied()
                 from moto.core.exceptions import JsonRESTError  # Glue, SSM, KMS speak JSON
 
                 raise JsonRESTError("AccessDeniedException",
