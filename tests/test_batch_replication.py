@@ -309,3 +309,31 @@ def test_a_run_id_of_a_copy_run_is_refused_by_the_batch_route_and_the_reverse(sp
                    "--dry-run") == 2
     assert {r.job for r in results.read_run(spark, str(tmp_path / "r"), "mixed").collect()} == {"copy-in-place"}
     assert {r.job for r in results.read_run(spark, str(tmp_path / "r"), "other").collect()} == {"batch-replication"}
+
+
+def test_the_replication_report_verifies_a_batch_run_from_a_later_inventory_sse_c_included(spark, lake, tmp_path,
+                                                                                          s3):
+    from datetime import datetime, timedelta, timezone
+
+    from s3lake.replication import report as rr
+
+    assert run_job(*batch_args(lake, tmp_path / "r", "b10")) == 0
+    bucket = lake["bucket"]
+    rows = rows_by_key(spark, tmp_path / "r", "b10")
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).replace(second=0, microsecond=0)
+    listed = []
+    for key in ("data/a.json", "data/with space+plus,comma\"quote.txt", "data/caf\u00e9/\u00fcml.txt"):
+        listed.append(inventory_row(s3, bucket, key))  # as S3 lists them now: COMPLETED
+    listed.append({**listed[0], "key": "data/sse-c.bin", "version_id": rows["data/sse-c.bin"].version_id,
+                   "replication_status": "COMPLETED", "encryption_status": "SSE-C"})
+    s3.put_object(Bucket=bucket, Key="data/a.json", Body=b"overwritten after the run")  # replicates by itself
+    listed[0] = inventory_row(s3, bucket, "data/a.json", replication_status="PENDING")
+    inv = make_bucket(f"{bucket}-later")
+    delivery = write_inventory(inv, bucket, listed, when=later, config_id="later")
+
+    assert report_job.main(["--results", str(tmp_path / "r"), "--run-id", "b10", "--inventory-manifest",
+                            delivery.manifest_url, "--report", str(tmp_path / "report")]) == 0
+
+    outcomes = {r.key: r.outcome for r in rr.read_run(spark, str(tmp_path / "report"), "b10").collect()}
+    assert outcomes == {"data/a.json": rr.OVERWRITTEN, "data/with space+plus,comma\"quote.txt": rr.COMPLETED,
+                        "data/caf\u00e9/\u00fcml.txt": rr.COMPLETED, "data/sse-c.bin": rr.COMPLETED}
