@@ -102,6 +102,8 @@ def parse_args(argv: Sequence[str] | None):
     batch = args.method == "batch-replication"
     if batch and not (args.dry_run or args.estimate) and not args.batch_role_arn:
         p.error("--method batch-replication needs --batch-role-arn (the role the Batch Operations job runs as)")
+    if batch and (args.max_requests_per_second or args.max_per_prefix):
+        p.error("--max-requests-per-second* pace copies: the batch-replication route's requests are S3's own")
     if not batch and (args.batch_role_arn or args.batch_location or not args.wait):
         p.error("--batch-role-arn, --batch-location and --no-wait go with --method batch-replication")
     return args

@@ -151,3 +151,40 @@ def test_following_jobs_describes_each_until_every_one_is_over(monkeypatch):
     assert {b: j["Status"] for b, j in finals.items()} == {"a": "Complete", "b": "Complete"}
     assert asked == ["j1", "j2", "j1"]
     assert len(lines) == 3
+
+
+def test_the_pacing_caps_of_copies_are_refused_with_the_batch_route():
+    from jobs import copy_in_place as job
+
+    with pytest.raises(SystemExit) as exit_:
+        job.parse_args(["--inventory-manifest", "s3://b/m.json", "--results", "/tmp/r", "--dry-run",
+                        "--method", "batch-replication", "--max-requests-per-second", "5"])
+    assert exit_.value.code == 2
+
+
+def test_a_replicated_null_version_is_the_version_an_all_versions_inventory_lists_with_an_empty_id(spark):
+    from datetime import datetime, timezone
+
+    from s3lake.replication import report as rr
+
+    when = datetime(2026, 12, 5, tzinfo=timezone.utc)
+    run = spark.createDataFrame([
+        ("r1", "batch-replication", "src", "old.txt", "null", "REPLICATED", when),
+        ("r1", "batch-replication", "src", "new.txt", "v2", "REPLICATED", when),
+    ], "run_id string, job string, bucket string, key string, version_id string, status string, "
+       "finished_at timestamp")
+    copied = run.select("bucket", "key", "version_id", rr._version(run.version_id).alias("new_version_id"),
+                        spark_null("size", "bigint"), spark_null("storage_class", "string"), "finished_at", "status")
+    inventory = spark.createDataFrame([
+        ("src", "old.txt", "", True, False, "COMPLETED", when),
+        ("src", "new.txt", "v2", True, False, "COMPLETED", when),
+    ], "bucket string, key string, version_id string, is_latest boolean, is_delete_marker boolean, "
+       "replication_status string, last_modified_date timestamp")
+    out = {r.key: r.outcome for r in rr.from_inventory(copied, inventory, "r1", "inventory x", when).collect()}
+    assert out == {"old.txt": rr.COMPLETED, "new.txt": rr.COMPLETED}
+
+
+def spark_null(name, kind):
+    from pyspark.sql import functions as F
+
+    return F.lit(None).cast(kind).alias(name)

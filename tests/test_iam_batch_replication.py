@@ -91,7 +91,10 @@ def test_the_shipped_policies_replicate_every_eligible_object_sse_c_included(shi
 
 
 def test_no_request_of_the_caller_or_the_job_role_was_denied(shipped):
-    assert [d for d in shipped.caller_audit + shipped.role_audit if not d["allowed"]] == []
+    denied = [d for d in shipped.caller_audit + shipped.role_audit if not d["allowed"]]
+    # the one expected: the HEAD looking for a manifest not yet written is 403 (no s3:ListBucket on the location,
+    # so S3 hides whether it exists); the create-once PutObject decides
+    assert [(d["action"], d.get("kind")) for d in denied] == [("s3:ListBucket", "visibility")]
 
 
 def test_every_batch_statement_of_the_caller_and_every_action_of_the_job_role_was_needed(shipped):
@@ -126,3 +129,13 @@ def test_a_job_role_without_initiate_replication_leaves_every_eligible_object_fa
     assert run.code == 1
     assert {k: v for k, v in run.rows.items() if k.startswith("data/")} == {
         k: (results.FAILED, "AccessDenied") for k in ("data/a.json", "data/b c.txt", "data/sse-c.bin")}
+
+
+def test_a_job_role_that_cannot_read_the_manifest_fails_the_job_and_every_eligible_object_gets_a_failed_row(
+        spark, tmp_path):
+    """No task runs, so S3 writes no report; the caller, without s3:ListBucket on the location, would read a
+    403 for it: the rows come from the run's eligible objects."""
+    run = Run(spark, tmp_path, "no-manifest", remove_role=["ReadManifest"])
+    assert run.code == 1
+    assert {k: v for k, v in run.rows.items() if k.startswith("data/")} == {
+        k: (results.FAILED, "JobFailed") for k in ("data/a.json", "data/b c.txt", "data/sse-c.bin")}

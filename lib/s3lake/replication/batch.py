@@ -94,9 +94,8 @@ def write_rows(store: stores.Store, name: str, rows: Iterable[tuple]) -> int:
         if len(batch) >= ROWS_PER_FILE:
             store.put(f"{name}-{files:04d}.parquet", checkpoints.parquet_bytes(batch, fields, schema))
             n, files, batch = n + len(batch), files + 1, []
-    if batch or not files:
-        if batch:
-            store.put(f"{name}-{files:04d}.parquet", checkpoints.parquet_bytes(batch, fields, schema))
+    if batch or not files:  # chunk 0 even when empty: a retried task's file replaces its first attempt's
+        store.put(f"{name}-{files:04d}.parquet", checkpoints.parquet_bytes(batch, fields, schema))
         n += len(batch)
     return n
 
@@ -209,7 +208,8 @@ def create_jobs(state: dict[str, Any], settings: BatchSettings, store: stores.St
         if entry.get("job_id"):
             continue
         request = batch_jobs.create_request(state["account"], settings.run_id, _manifest(entry),
-                                            entry["manifest_bucket"], entry["report_prefix"], settings.role_arn or "")
+                                            entry["manifest_bucket"], entry["report_prefix"], settings.role_arn or "",
+                                            state.get("partition", "aws"))
         entry["job_id"] = batch_jobs.create(request)
         save_state(store, state)
         say(f"batch job {entry['job_id']} for {bucket}: {entry['objects']:,} objects "
@@ -217,11 +217,16 @@ def create_jobs(state: dict[str, Any], settings: BatchSettings, store: stores.St
 
 
 def collect(spark: SparkSession, run_id: str, bucket: str, entry: dict[str, Any], job: Mapping[str, Any],
-            store: stores.Store, results_path: str) -> int:
+            store: stores.Store, results_path: str, generation: str) -> int:
     """Commit the report's rows and a FAILED row for each manifest line it lacks; returns rows written."""
     report_bucket = entry["manifest_bucket"]
     job_id = entry["job_id"]
-    manifest = batch_report.load_manifest(report_bucket, f"{entry['report_prefix']}/job-{job_id}/manifest.json")
+    summary = job.get("ProgressSummary") or {}
+    ran = (summary.get("NumberOfTasksSucceeded") or 0) + (summary.get("NumberOfTasksFailed") or 0)
+    manifest = None
+    if ran or job.get("Status") == "Complete":  # S3 writes a report once a task ran
+        manifest = batch_report.load_manifest(report_bucket, f"{entry['report_prefix']}/job-{job_id}/manifest.json",
+                                              required=job.get("Status") == "Complete")
     files = batch_report.report_files(manifest, report_bucket) if manifest else []
     written = 0
     if files:
@@ -231,13 +236,12 @@ def collect(spark: SparkSession, run_id: str, bucket: str, entry: dict[str, Any]
 
         written = sum(spark.sparkContext.parallelize(list(enumerate(files)), len(files)).mapPartitions(read)
                       .collect())
-    if job.get("Status") != "Complete" or written != entry.get("objects"):
-        written += _unreported(spark, run_id, bucket, entry, job, store, results_path)
-    return written
+    # every eligible object gets a row, whatever the report held (a job ended early, a report unreadable)
+    return written + _unreported(spark, run_id, bucket, entry, job, store, results_path, generation)
 
 
 def _unreported(spark: SparkSession, run_id: str, bucket: str, entry: Mapping[str, Any], job: Mapping[str, Any],
-                store: stores.Store, results_path: str) -> int:
+                store: stores.Store, results_path: str, generation: str) -> int:
     """FAILED rows for the bucket's eligible objects that have no row (the job ended before their task)."""
     listed = eligible_rows(spark, store, run_id).where(F.col("bucket") == bucket).select("bucket", "key", "version_id")
     have = results.read_run(spark, results_path, run_id).where(F.col("bucket") == bucket).select("bucket", "key")
@@ -251,7 +255,7 @@ def _unreported(spark: SparkSession, run_id: str, bucket: str, entry: Mapping[st
     def commit(rows: Iterable[Any]) -> Iterator[int]:
         out = (results.row(run_id, batch_plan.JOB, r.bucket, r.key, results.FAILED, version_id=r.version_id,
                            error_code=code, error_message=message, requests=0) for r in rows)
-        yield write_rows(store, f"part-unreported-{job_id}-{_partition():05d}", out)
+        yield write_rows(store, f"part-unreported-{job_id}-{generation}-{_partition():05d}", out)
 
     return sum(missing.rdd.mapPartitions(commit).collect())
 
@@ -265,15 +269,16 @@ def run(spark: SparkSession, candidates: DataFrame, settings: BatchSettings, res
     store = stores.store_for(run_dir)
     driver_requests = 0
     pending: list[str] = []
+    generation = uuid.uuid4().hex[:8]  # this driver's: names of the files it commits
     with runs.RunLock(store, settings.run_id, RUN_KIND, settings.dry_run, checkpoint):
         state = load_state(store)
         if state is None:
-            generation = uuid.uuid4().hex[:8]
             eligible, driver_requests = plan(spark, candidates, settings, store, results_path, partitions,
                                              generation)
             if settings.dry_run:
                 return _summary(spark, results_path, settings.run_id, started, driver_requests, [])
-            state = {"run_id": settings.run_id, "account": batch_jobs.account_id(),
+            account, partition = batch_jobs.caller()
+            state = {"run_id": settings.run_id, "account": account, "partition": partition,
                      "buckets": write_manifests(eligible, settings, say)}
             save_state(store, state)
         elif settings.dry_run:
@@ -295,7 +300,7 @@ def run(spark: SparkSession, candidates: DataFrame, settings: BatchSettings, res
                 pending.append(f"{job.get('JobId')} ({bucket}, {job.get('Status')})")
                 continue
             entry = state["buckets"][bucket]
-            rows = collect(spark, settings.run_id, bucket, entry, job, store, results_path)
+            rows = collect(spark, settings.run_id, bucket, entry, job, store, results_path, generation)
             entry["collected"] = job.get("Status")
             save_state(store, state)
             say(f"batch job {entry['job_id']} ({bucket}) {job.get('Status')}: {rows:,} result rows from its report")

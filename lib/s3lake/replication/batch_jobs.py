@@ -42,8 +42,10 @@ def token(run_id: str, manifest: Manifest) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def account_id() -> str:
-    return aws.client("sts").get_caller_identity()["Account"]
+def caller() -> tuple[str, str]:
+    """(account id, ARN partition: aws, aws-cn, aws-us-gov) of the caller."""
+    identity = aws.client("sts").get_caller_identity()
+    return identity["Account"], identity["Arn"].split(":")[1]
 
 
 def check_role(role_arn: str, option: str = "--batch-role-arn", say: Callable[[str], None] | None = None) -> None:
@@ -66,15 +68,15 @@ def _warn(line: str) -> None:
 
 
 def create_request(account: str, run_id: str, manifest: Manifest, report_bucket: str, report_prefix: str,
-                   role_arn: str) -> dict[str, Any]:
+                   role_arn: str, partition: str = "aws") -> dict[str, Any]:
     """The CreateJob parameters of one bucket's job (pure)."""
     return {
         "AccountId": account,
         "ConfirmationRequired": False,
         "Operation": {"S3ReplicateObject": {}},
         "Manifest": {"Spec": {"Format": FORMAT, "Fields": list(FIELDS)},
-                     "Location": {"ObjectArn": manifest.arn, "ETag": manifest.etag}},
-        "Report": {"Bucket": f"arn:aws:s3:::{report_bucket}", "Format": REPORT_FORMAT, "Enabled": True,
+                     "Location": {"ObjectArn": manifest.arn(partition), "ETag": manifest.etag}},
+        "Report": {"Bucket": f"arn:{partition}:s3:::{report_bucket}", "Format": REPORT_FORMAT, "Enabled": True,
                    "Prefix": report_prefix, "ReportScope": "AllTasks"},
         "ClientRequestToken": token(run_id, manifest),
         "Description": f"s3lake copy_in_place run {run_id}"[:256],

@@ -32,9 +32,8 @@ class Manifest:
     objects: int  # lines; -1 when the manifest was found already written (not counted again)
     created: bool  # False: it existed (a rerun), and this run uses it as it is
 
-    @property
-    def arn(self) -> str:
-        return f"arn:aws:s3:::{self.bucket}/{self.key}"
+    def arn(self, partition: str = "aws") -> str:
+        return f"arn:{partition}:s3:::{self.bucket}/{self.key}"
 
 
 def line(bucket: str, key: str, version_id: str | None) -> bytes:
@@ -42,12 +41,14 @@ def line(bucket: str, key: str, version_id: str | None) -> bytes:
     return f"{bucket},{quote(key, safe='/')},{version_id or 'null'}\n".encode()
 
 
-def existing(bucket: str, key: str) -> Manifest | None:
-    """The manifest already written at ``key`` (HEAD), or None."""
+def existing(bucket: str, key: str, denied_is_missing: bool = False) -> Manifest | None:
+    """The manifest already written at ``key`` (HEAD), or None. Without s3:ListBucket S3 answers a HEAD of a
+    missing key 403: ``denied_is_missing`` takes that for "not there" (the create-once write still decides)."""
     try:
         head = aws.s3().head_object(Bucket=bucket, Key=key)
     except Exception as exc:  # noqa: BLE001
-        if aws.error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+        missing = ("404", "NoSuchKey", "NotFound") + (("403", "AccessDenied") if denied_is_missing else ())
+        if aws.error_code(exc) in missing:
             return None
         raise
     return Manifest(bucket, key, head["ETag"].strip('"'), -1, False)
@@ -60,6 +61,9 @@ def _refused(exc: BaseException) -> bool:
 def write_once(bucket: str, key: str, lines: Iterable[bytes]) -> Manifest:
     """Stream ``lines`` into ``s3://bucket/key`` unless it exists (then the existing one is returned)."""
     s3 = aws.s3()
+    found = existing(bucket, key, denied_is_missing=True)  # a rerun: never stream it again only to be refused
+    if found is not None:
+        return found
     buffer, count, parts, upload = bytearray(), 0, [], None
     try:
         for item in lines:
@@ -88,7 +92,10 @@ def write_once(bucket: str, key: str, lines: Iterable[bytes]) -> Manifest:
             upload = None
     except Exception as exc:  # noqa: BLE001
         if upload is not None:
-            s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            try:
+                s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            except Exception:  # noqa: BLE001 - the refusal below matters; a lifecycle rule ends stray parts
+                pass
         if _refused(exc):
             found = existing(bucket, key)
             if found is not None:

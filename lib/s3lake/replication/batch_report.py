@@ -5,7 +5,8 @@ S3 writes ``<report prefix>/job-<id>/manifest.json`` listing the report's CSV fi
 ``ReportSchema`` is ``Bucket, Key, VersionId, TaskStatus, ErrorCode, HTTPStatusCode, ResultMessage``, but
 the rows S3 writes carry the HTTP status *before* the error code; the columns are read by content (the
 one of the two that is a three-digit number is the HTTP status), so either order reads the same. Keys are
-URL-encoded as the manifest gave them.
+URL-encoded as the manifest gave them; decoded as form-encoded (``+`` a space), which our manifests
+never make ambiguous: they encode ``+`` as ``%2B``.
 
 Outcomes: ``succeeded`` -> ``REPLICATED``; ``SrcObjectNotFound`` -> ``MISSING``; ``SrcObjectNotEligible``
 (archived, or no enabled rule takes it) -> ``SKIPPED_NOT_ELIGIBLE``; any other failure -> ``FAILED``. A job
@@ -20,7 +21,7 @@ import io
 import json
 import re
 from typing import Any, Iterable, Iterator, Mapping
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 from s3lake import aws
 from s3lake.errors import S3LakeError
@@ -48,7 +49,7 @@ def parse_line(fields: list[str]) -> dict[str, Any]:
         http, code = a, b
     else:
         http, code = b, a
-    return {"bucket": fields[0], "key": unquote(fields[1]), "version_id": fields[2] or None,
+    return {"bucket": fields[0], "key": unquote_plus(fields[1]), "version_id": fields[2] or None,
             "task_status": fields[3].strip().lower(), "http_status": int(http) if _HTTP.fullmatch(http.strip())
             else None, "error_code": code.strip() or None, "message": ",".join(fields[6:]).strip() or None}
 
@@ -77,14 +78,17 @@ def report_files(manifest: Mapping[str, Any], default_bucket: str) -> list[tuple
     return out
 
 
-def load_manifest(bucket: str, key: str) -> dict[str, Any] | None:
-    """The report's manifest.json, or None when the job wrote none (no task ran)."""
+def load_manifest(bucket: str, key: str, required: bool = True) -> dict[str, Any] | None:
+    """The report's manifest.json, or None when there is none. A job that did not complete may have written
+    none (its role could not, say): not ``required``, a missing or unreadable one (403: without s3:ListBucket
+    a missing key is 403) is None and the run's eligible objects without a row become FAILED."""
     try:
         body = aws.s3().get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception as exc:  # noqa: BLE001
-        if aws.error_code(exc) in ("NoSuchKey", "404"):
+        code = aws.error_code(exc)
+        if code in ("NoSuchKey", "404") or (not required and code in ("AccessDenied", "403")):
             return None
-        raise ReportError(f"cannot read the completion report s3://{bucket}/{key}: {aws.error_code(exc)}") from None
+        raise ReportError(f"cannot read the completion report s3://{bucket}/{key}: {code}") from None
     try:
         return json.loads(body)
     except ValueError as exc:

@@ -151,8 +151,13 @@ def copied_objects(spark: SparkSession, results_path: str, run_id: str) -> DataF
     replicated = F.col("status") == REPLICATED  # Batch Replication: the version itself, no new one
     return run.where(F.col("status").isin(COPIED, REPLICATED)).select(
         "bucket", "key", "version_id",
-        F.when(replicated, F.col("version_id")).otherwise(F.col("new_version_id")).alias("new_version_id"),
+        F.when(replicated, _version(F.col("version_id"))).otherwise(F.col("new_version_id")).alias("new_version_id"),
         "size", "storage_class", "finished_at", "status")
+
+
+def _version(column: Any) -> Any:
+    """The null version as NULL: all-versions inventories list it with an empty VersionId, results as ``null``."""
+    return F.when(column.isin("", "null"), F.lit(None)).otherwise(column)
 
 
 def delivery_time(delivery_id: str) -> datetime | None:
@@ -186,7 +191,7 @@ def from_inventory(copied: DataFrame, inventory: DataFrame, run_id: str, checked
                    checked_at: datetime) -> DataFrame:
     """One report row per copied object, from a later inventory of its bucket (no object requests)."""
     inv = inventory.select(
-        "bucket", "key", F.col("version_id").alias("inv_version"),
+        "bucket", "key", _version(F.col("version_id")).alias("inv_version"),
         F.coalesce(F.col("is_latest"), F.lit(True)).alias("inv_latest"),
         F.coalesce(F.col("is_delete_marker"), F.lit(False)).alias("inv_dm"),
         F.col("replication_status").alias("inv_status"), F.col("last_modified_date").alias("inv_modified"),
