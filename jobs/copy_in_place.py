@@ -119,7 +119,8 @@ def _candidates(spark, args, statuses):
         return frame, buckets, f"cip-retry-{digest}"
     delivery, frame = inventory.read(spark, args.inventory_table, args.inventory_date, args.inventory_manifest)
     log.info("run over %s (%s)", delivery.manifest_url, delivery.file_format)
-    return (copy_in_place.select_candidates(frame, statuses), [delivery.source_bucket],
+    extra = ("intelligent_tiering_access_tier",) if args.method == "batch-replication" else ()
+    return (copy_in_place.select_candidates(frame, statuses, extra), [delivery.source_bucket],
             copy_in_place.default_run_id(delivery.delivery_id))
 
 

@@ -45,6 +45,10 @@ def test_a_manifest_line_reads_back_through_the_report_parser_to_the_same_key():
     ({"key": "logs/a", "storage_class": "STANDARD", "object_owner": "us"}, "us", None),
     ({"key": "logs/a", "storage_class": "STANDARD", "encryption_status": "SSE-C"}, None, None),  # eligible
     ({"key": "logs/a", "storage_class": "GLACIER_IR"}, None, None),
+    ({"key": "logs/a", "storage_class": "INTELLIGENT_TIERING", "intelligent_tiering_access_tier": "ARCHIVE_ACCESS"},
+     None, batch_plan.SKIPPED_ARCHIVED),
+    ({"key": "logs/a", "storage_class": "INTELLIGENT_TIERING", "intelligent_tiering_access_tier": "FREQUENT"}, None,
+     None),
 ])
 def test_the_plan_skips_from_the_inventory_row_what_copy_in_place_skips_but_sse_c(candidate, owner, status):
     assert batch_plan.pre_decide({"bucket": "src", **candidate}, SCOPE, owner) == status

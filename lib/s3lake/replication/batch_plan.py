@@ -1,7 +1,8 @@
 """Which candidates go into a Batch Replication manifest, and with which version id.
 
 Selection is copy in place's (:func:`s3lake.replication.copy_in_place.select_candidates`), with the same
-rules decided from the inventory alone: archived classes, no enabled rule for the key, another owner. SSE-C
+rules decided from the inventory alone: archived classes (and Intelligent-Tiering's archive tiers), no
+enabled rule for the key, another owner. SSE-C
 objects are eligible: S3 replicates them without their key, where a copy needs it.
 
 A manifest names versions (https://docs.aws.amazon.com/AmazonS3/latest/userguide/batch-ops-create-job.html:
@@ -30,6 +31,7 @@ SKIPPED_REPLICATING = "SKIPPED_REPLICATING"
 SKIPPED_OTHER_OWNER = "SKIPPED_OTHER_OWNER"
 SKIPPED_OUT_OF_SCOPE = "SKIPPED_OUT_OF_SCOPE"
 ARCHIVED_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+ARCHIVED_TIERS = frozenset({"ARCHIVE_ACCESS", "DEEP_ARCHIVE_ACCESS"})  # Intelligent-Tiering's archive tiers
 REPLICATING = frozenset({"PENDING", "COMPLETED", "REPLICA"})
 INVENTORY_KMS = {"SSE-KMS": "aws:kms", "DSSE-KMS": "aws:kms:dsse"}
 
@@ -40,7 +42,8 @@ def _etag(value: str | None) -> str | None:
 
 def pre_decide(candidate: Mapping[str, Any], scope: Scope | None, owner_id: str | None) -> str | None:
     """A skip status decided from the inventory row alone, or None (eligible so far)."""
-    if str(candidate.get("storage_class") or "").upper() in ARCHIVED_CLASSES:
+    if str(candidate.get("storage_class") or "").upper() in ARCHIVED_CLASSES or str(
+            candidate.get("intelligent_tiering_access_tier") or "").upper() in ARCHIVED_TIERS:
         return SKIPPED_ARCHIVED
     encryption = INVENTORY_KMS.get(str(candidate.get("encryption_status") or "").upper())
     if scope is not None and not scope.maybe_covers(candidate["key"], encryption):
