@@ -100,7 +100,7 @@ def main() -> int:
                                                  "--batch-role-arn", role, "--batch-location",
                                                  f"s3://{location}/batch", "--no-wait"])
             head = aws.s3().head_object(Bucket=location, Key=f"batch/bench/{source}/manifest.csv")
-            lines = next((int(x.split(": ")[1].split()[0].replace(",", "")) for x in output.splitlines()
+            lines = next((int(x.split(": ")[-1].split()[0].replace(",", "")) for x in output.splitlines()
                           if "s3lake: manifest" in x), -1)
             rows_out.append((rows, lines, head["ContentLength"], head["ETag"].count("-"), estimate_s, batch_s,
                              estimate_mb, batch_mb))
