@@ -138,9 +138,9 @@ def test_the_batch_route_replicates_each_eligible_version_writing_none_and_its_r
         (p["bucket"], p["key"], p["version_id"], batch_report.status_of(p))
         for p in map(batch_report.parse_line, report_rows(lake["location"]))))
     assert from_report == sorted((bucket, k, rows[k].version_id, rows[k].status) for k in replicated)
-    assert len(jobs_listed_for(lake)) == 1
     counts = proxy.counts()
-    assert counts.get("CreateJob") == 1
+    assert counts.get("CreateJob") == 1 and counts.get("ListJobs") == 1  # looked for first: none yet
+    assert len(jobs_listed_for(lake)) == 1
     assert counts.get("CopyObject", 0) == 0 and counts.get("PutObject", 0) == 1  # the manifest, nothing else
 
 
@@ -186,6 +186,7 @@ def test_a_driver_lost_after_creating_the_job_reattaches_to_it_on_the_rerun(spar
     assert run_job(*batch_args(lake, tmp_path / "r", "b3", "--checkpoint-interval", "1")) == 0
 
     assert [j["JobId"] for j in jobs_listed_for(lake)] == lost
+    assert proxy.counts().get("CreateJob", 0) == 0  # found by the token in its Description, not created again
     assert proxy.counts().get("HeadObject", 0) == INVENTORY_HEADS  # planned by the first driver: not again
     rows = rows_by_key(spark, tmp_path / "r", "b3")
     assert len(rows) == len(KEYS)

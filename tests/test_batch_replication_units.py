@@ -101,7 +101,8 @@ def test_the_create_job_request_replicates_the_manifest_versions_and_reports_eve
                      "Location": {"ObjectArn": "arn:aws:s3:::mb/p/r1/src/manifest.csv", "ETag": "etag1"}},
         "Report": {"Bucket": "arn:aws:s3:::mb", "Format": "Report_CSV_20180820", "Enabled": True,
                    "Prefix": "p/r1/src/report", "ReportScope": "AllTasks"},
-        "ClientRequestToken": batch_jobs.token("r1", m), "Description": "s3lake copy_in_place run r1",
+        "ClientRequestToken": batch_jobs.token("r1", m),
+        "Description": f"s3lake copy_in_place run r1 token {batch_jobs.token('r1', m)}",
         "Priority": 10, "RoleArn": "arn:aws:iam::1:role/j",
     }
 

@@ -107,7 +107,8 @@ def test_every_batch_statement_of_the_caller_and_every_action_of_the_job_role_wa
 @pytest.mark.parametrize("removed, code, rows", [
     # CreateJob refused: the manifest is kept, nothing replicated, one line, exit 1
     ((("PassBatchJobRole", None),), 1, {}),
-    ((("BatchReplicationJobs", None),), 1, {}),
+    ((("BatchReplicationJobs", "s3:CreateJob"),), 1, {}),
+    ((("BatchReplicationJobs", "s3:ListJobs"),), 1, {}),  # cannot look for the run's job: creates none
     # GetRole denied: a warning, and the run goes on
     ((("CheckBatchJobRole", None),), 0, {"data/a.json": (batch_report.REPLICATED, None)}),
 ])
@@ -118,7 +119,8 @@ def test_without_a_batch_statement_of_the_caller_the_run_ends_as_documented(spar
     assert {k: v for k, v in run.rows.items() if k == "data/a.json"} == rows
     err = capsys.readouterr().err
     if code == 1:
-        assert "CreateJob" in err and "rerun the same command" in err
+        assert ("CreateJob for " in err or "ListJobs was refused" in err) and "rerun the same command" in err
+        assert "was refused (AccessDenied" in err
         assert aws.s3().head_object(Bucket=run.bucket, Key="data/a.json").get("ReplicationStatus") is None
     else:
         assert "warning: cannot check --batch-role-arn" in err and "(AccessDenied); going on" in err

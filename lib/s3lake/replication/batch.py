@@ -210,9 +210,11 @@ def create_jobs(state: dict[str, Any], settings: BatchSettings, store: stores.St
         request = batch_jobs.create_request(state["account"], settings.run_id, _manifest(entry),
                                             entry["manifest_bucket"], entry["report_prefix"], settings.role_arn or "",
                                             state.get("partition", "aws"))
-        entry["job_id"] = batch_jobs.create(request)
+        found = batch_jobs.find(state["account"], request["Description"])
+        entry["job_id"] = found or batch_jobs.create(request)
         save_state(store, state)
-        say(f"batch job {entry['job_id']} for {bucket}: {entry['objects']:,} objects "
+        how = "found by its token: created by an earlier driver of this run" if found else "created"
+        say(f"batch job {entry['job_id']} for {bucket} {how}: {entry['objects']:,} objects "
             f"(S3ReplicateObject, report s3://{entry['manifest_bucket']}/{entry['report_prefix']}/)")
 
 

@@ -3,7 +3,9 @@
 * CreateJob (https://docs.aws.amazon.com/AmazonS3/latest/API/API_control_CreateJob.html) carries a
   ``ClientRequestToken`` derived from the run id, the bucket and the manifest's location and ETag: the same
   run over the same manifest gets the same token, and S3 answers a repeated token with the job it already
-  created, so a rerun after a crash re-attaches instead of paying for a second job.
+  created, so a rerun after a crash re-attaches instead of paying for a second job. The token also rides in
+  the job's Description, and ListJobs is searched for it before CreateJob (:func:`find`): how long S3
+  remembers a token is not documented.
 * The completion report covers all tasks (``ReportScope: AllTasks``), under ``<report prefix>/job-<id>/``.
 * DescribeJob (API_control_DescribeJob.html) gives the status and ``ProgressSummary``; a job is over in
   ``Complete``, ``Failed`` or ``Cancelled`` (https://docs.aws.amazon.com/AmazonS3/latest/userguide/batch-ops-job-status.html).
@@ -79,10 +81,36 @@ def create_request(account: str, run_id: str, manifest: Manifest, report_bucket:
         "Report": {"Bucket": f"arn:{partition}:s3:::{report_bucket}", "Format": REPORT_FORMAT, "Enabled": True,
                    "Prefix": report_prefix, "ReportScope": "AllTasks"},
         "ClientRequestToken": token(run_id, manifest),
-        "Description": f"s3lake copy_in_place run {run_id}"[:256],
+        "Description": description(run_id, token(run_id, manifest)),
         "Priority": PRIORITY,
         "RoleArn": role_arn,
     }
+
+
+def description(run_id: str, job_token: str) -> str:
+    """The job's Description: names the run and carries the token whole (Description: at most 256)."""
+    return f"s3lake copy_in_place run {run_id[:150]} token {job_token}"
+
+
+def find(account: str, job_description: str) -> str | None:
+    """The newest job of the account whose Description is ``job_description`` (ListJobs, every page), or None.
+
+    S3 does not document how long it remembers a ClientRequestToken; a job found here is re-attached even
+    when a rerun comes long after a driver that died between CreateJob and recording the job."""
+    kwargs: dict[str, Any] = {"AccountId": account, "MaxResults": 1000}
+    found: list[tuple[Any, str]] = []
+    try:
+        while True:
+            page = aws.s3control().list_jobs(**kwargs)
+            found += [(j.get("CreationTime"), j["JobId"]) for j in page.get("Jobs") or []
+                      if j.get("Description") == job_description]
+            if not page.get("NextToken"):
+                break
+            kwargs["NextToken"] = page["NextToken"]
+    except Exception as exc:  # noqa: BLE001
+        raise JobRequestError(f"ListJobs was refused ({aws.error_code(exc)}: {_message(exc)}); the manifests are "
+                              "kept: rerun the same command once fixed") from None
+    return max(found, key=lambda f: str(f[0]))[1] if found else None
 
 
 def create(request: Mapping[str, Any]) -> str:
