@@ -35,7 +35,7 @@ from s3lake.errors import ConfigError
 from s3lake.objects import checkpoints, results, runs, stores
 from s3lake.objects.buckets import bucket_info
 from s3lake.objects.checkpoints import CheckpointOptions
-from s3lake.objects.driver import bounded_map, default_partitions, spread
+from s3lake.objects.driver import bounded_map, default_partitions, spread, task_identity
 from s3lake.replication import batch_jobs, batch_manifest, batch_plan, batch_report
 from s3lake.replication.scope import Scope
 
@@ -100,13 +100,6 @@ def write_rows(store: stores.Store, name: str, rows: Iterable[tuple]) -> int:
     return n
 
 
-def _partition() -> int:
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    return context.partitionId() if context is not None else 0
-
-
 # ------------------------------------------------------------------------------------ state
 
 
@@ -149,7 +142,7 @@ def plan(spark: SparkSession, candidates: DataFrame, settings: BatchSettings, st
             return batch_plan.plan(c, run_id, scope, owners.get(c["bucket"]), dry_run)
 
         planned = list(bounded_map(one, rows, concurrency))
-        name = f"{generation}-{_partition():05d}"
+        name = f"{generation}-{task_identity()[0]:05d}"
         yield write_rows(store, f"part-plan-{name}", (r for r in planned if r[status_at] != batch_plan.ELIGIBLE))
         write_rows(store, f"{ELIGIBLE_FILES}-{name}", (r for r in planned if r[status_at] == batch_plan.ELIGIBLE))
 
@@ -257,7 +250,7 @@ def _unreported(spark: SparkSession, run_id: str, bucket: str, entry: Mapping[st
     def commit(rows: Iterable[Any]) -> Iterator[int]:
         out = (results.row(run_id, batch_plan.JOB, r.bucket, r.key, results.FAILED, version_id=r.version_id,
                            error_code=code, error_message=message, requests=0) for r in rows)
-        yield write_rows(store, f"part-unreported-{job_id}-{generation}-{_partition():05d}", out)
+        yield write_rows(store, f"part-unreported-{job_id}-{generation}-{task_identity()[0]:05d}", out)
 
     return sum(missing.rdd.mapPartitions(commit).collect())
 
@@ -280,8 +273,10 @@ def run(spark: SparkSession, candidates: DataFrame, settings: BatchSettings, res
             if settings.dry_run:
                 return _summary(spark, results_path, settings.run_id, started, driver_requests, [])
             account, partition = batch_jobs.caller()
+            eligible = eligible.persist()  # counted, sampled for the sort and streamed: read the files once
             state = {"run_id": settings.run_id, "account": account, "partition": partition,
                      "buckets": write_manifests(eligible, settings, say)}
+            eligible.unpersist()
             save_state(store, state)
         elif settings.dry_run:
             return _summary(spark, results_path, settings.run_id, started, 0, [])
