@@ -193,3 +193,23 @@ def spark_null(name, kind):
     from pyspark.sql import functions as F
 
     return F.lit(None).cast(kind).alias(name)
+
+
+@pytest.mark.parametrize("results_path, location, message", [
+    ("/tmp/results", None, "needs --batch-location s3://BUCKET/PREFIX when --results is not on S3"),
+    ("/tmp/results", "hdfs://nn/batch", "--batch-location must be an s3:// URL"),
+    ("s3://ops/r", "s3:///no-bucket", "--batch-location must be an s3:// URL"),
+])
+def test_a_batch_location_that_is_not_on_s3_is_one_line_before_anything_is_written(results_path, location, message):
+    from s3lake.errors import ConfigError
+    from s3lake.replication import batch
+
+    with pytest.raises(ConfigError, match=message.replace("/", ".").replace("+", ".")):
+        batch.run_location(results_path, "r1", location)
+
+
+def test_the_batch_location_defaults_under_the_run_when_the_results_are_on_s3():
+    from s3lake.replication import batch
+
+    assert batch.run_location("s3://ops/cip/", "r1", None) == "s3://ops/cip/run_id=r1/_batch"
+    assert batch.run_location("/tmp/r", "r1", "s3://ops/batch/") == "s3://ops/batch/r1"

@@ -65,8 +65,10 @@ def run_location(results_path: str, run_id: str, location: str | None) -> str:
     """Where this run's manifests and reports go: ``<location>/<run id>``, by default
     ``<results>/run_id=<id>/_batch`` when the results are on S3 (Spark does not read ``_`` folders as rows)."""
     if location:
-        if not location.startswith("s3://") or not aws.split_s3_url(location)[0]:
-            raise ConfigError(f"--batch-location must be an s3:// URL, got {location!r}")
+        try:
+            aws.split_s3_url(location if location.startswith("s3://") else "")
+        except ValueError:
+            raise ConfigError(f"--batch-location must be an s3:// URL, got {location!r}") from None
         return f"{location.rstrip('/')}/{run_id}"
     if results_path.startswith(("s3://", "s3a://", "s3n://")):
         return f"s3://{results_path.split('://', 1)[1].rstrip('/')}/run_id={run_id}/_batch"
